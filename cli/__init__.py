@@ -1,0 +1,1 @@
+"""The `splitter` command line: a thin typer shell over the library."""

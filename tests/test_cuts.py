@@ -1,0 +1,72 @@
+"""Legal cuts (dominators), their canonical names and aliases, and units."""
+
+from __future__ import annotations
+
+import pytest
+
+from splitter.analysis import analyze
+from splitter.cuts import units
+from splitter.modelref import ModelOptions
+from tests.conftest import EXAMPLES, FIXTURES
+
+SMALL = ModelOptions(batch_size=2, input_shape=(3, 32, 32))
+
+
+@pytest.mark.parametrize(("name", "count", "options"), [
+    ("resnet50", 38, SMALL),
+    ("vit_b_16", 31, ModelOptions(batch_size=1)),
+    ("densenet121", 24, SMALL),
+])
+def test_interior_cut_counts(name: str, count: int, options: ModelOptions) -> None:
+    assert len(analyze(f"torchvision:{name}", options).cuts.cuts) == count
+
+
+def test_resnet_names_and_aliases() -> None:
+    cuts = analyze("torchvision:resnet50", SMALL).cuts
+    names = [c.name for c in cuts.cuts]
+    assert names[:6] == ["conv1", "bn1", "relu", "maxpool", "layer1.0.add", "layer1.0"]
+    assert names[-3:] == ["layer4.2", "avgpool", "flatten"]
+    end_of_layer1 = cuts.find("layer1")
+    assert end_of_layer1 is not None and end_of_layer1.name == "layer1.2"
+    assert set(end_of_layer1.aliases) == {"layer1", "layer1.2.relu", "layer1.2.relu_2"}
+    assert cuts.find("layer1.2.relu_2") is end_of_layer1
+    assert cuts.find("layer1.0.conv2") is None  # inside a residual block
+    assert end_of_layer1.shape == (2, 256, 8, 8)
+
+
+def test_op_names_repeat_with_suffixes() -> None:
+    cuts = analyze("torchvision:vit_b_16", ModelOptions(batch_size=1)).cuts
+    layer0 = cuts.find("encoder.layers.encoder_layer_0")
+    assert layer0 is not None
+    assert "encoder.layers.encoder_layer_0.add_1" in layer0.aliases
+    assert cuts.find("encoder.layers.encoder_layer_0.add") is not None
+
+
+def test_cuts_legal_in_one_mode_only_are_reported() -> None:
+    analysis = analyze(str(FIXTURES / "auxnet.py"))
+    assert [c.name for c in analysis.cuts.cuts] == ["a", "relu"]
+    assert analysis.cuts.eval_only == ("b", "relu_1")  # the aux output taps the first relu
+    assert analysis.cuts.train_only == ()
+
+
+def test_units_merge_parameter_free_spans() -> None:
+    analysis = analyze(str(EXAMPLES / "resnet_cifar" / "model.py"), ModelOptions(batch_size=2))
+    found = units(analysis.traced.graph("train"), analysis.cuts.cuts)
+    spans = [(u.start, u.end) for u in found]
+    assert spans[0] == ("input", "conv1")
+    assert spans[1] == ("conv1", "relu")  # bn1 + relu: the parameter-free relu joins bn1
+    assert spans[2] == ("relu", "layer1.0")
+    assert spans[-2] == ("layer3.3", "flatten")  # avgpool and flatten join layer3.4
+    assert spans[-1] == ("flatten", "output")
+    assert all(u.params > 0 for u in found)
+    total = sum(p.numel() for p in analysis.model.module.parameters())
+    assert sum(u.params for u in found) == total
+
+
+def test_parameter_free_span_at_a_block_start_joins_the_unit_after() -> None:
+    analysis = analyze("torchvision:resnet18", SMALL)
+    gm = analysis.traced.graph("train")
+    found = units(gm, analysis.cuts.cuts, block_ends=["bn1"])
+    spans = [(u.start, u.end) for u in found]
+    assert ("input", "conv1") in spans and ("bn1", "layer1.0") in spans
+    assert ("conv1", "bn1") in spans
