@@ -25,3 +25,12 @@ class TraceError(SplitterError):
 
 class AnnotationError(SplitterError):
     """The traced graph does not run on the example input."""
+
+
+class SpecError(SplitterError):
+    """A split spec with problems; every problem is reported at once, each with its place."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        count = f"{len(problems)} problems" if len(problems) > 1 else "1 problem"
+        super().__init__(f"the split spec has {count}:\n" + "\n".join(f"  {p}" for p in problems))
