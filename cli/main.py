@@ -30,7 +30,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-stdout = Console(soft_wrap=False)
+# Piped output (CI logs, `| less`) gets wide tables instead of rich's 80-column default.
+stdout = Console(soft_wrap=False, width=None if sys.stdout.isatty() else 160)
 stderr = Console(stderr=True)
 
 
@@ -66,36 +67,104 @@ def _check_format(fmt: str) -> str:
     return fmt
 
 
-@app.command()
-def inspect(
-    model: ModelRef,
-    model_arg: ModelArg = None,
-    input_shape: InputShape = None,
-    input_dtype: InputDtype = None,
-    batch_size: BatchSize = None,
-    precision: PrecisionOpt = "fp32",
-    leaf: Leaf = None,
-    fmt: Format = "table",
-) -> None:
-    """Trace MODEL, annotate its costs and list its legal cut points and units."""
-    from splitter.analysis import analyze
-    from splitter.report import inspect_report, render
+def _model_and_spec(first: str, second: str | None) -> tuple[str | None, str]:
+    """`[MODEL] SPEC`: a lone positional ending in .yaml/.yml is the SPEC."""
+    if second is not None:
+        return first, second
+    if first.endswith((".yaml", ".yml")):
+        return None, first
+    raise UsageError(f"`{first}` is not a spec file; pass `[MODEL] SPEC` with SPEC a .yaml file")
 
-    def build() -> dict[str, Any]:
-        _check_format(fmt)
-        options = model_options(model_arg, input_shape, input_dtype, batch_size, precision, leaf)
-        return inspect_report(analyze(model, options))
 
-    report = _run(build)
+def _print_notes(report: dict[str, Any]) -> None:
     for note in report["warnings"]:
-        stderr.print(f"[yellow]warning:[/] {note}", highlight=False)
-    for item in report["leafed"]:
+        stderr.print(f"[yellow]warning:[/] {note}", highlight=False, soft_wrap=True)
+    for item in report.get("leafed", []):
         stderr.print(
             f"[yellow]leafed {item['kind']}[/] `{item['fqn']}`: {item['reason']}",
             highlight=False,
             soft_wrap=True,
         )
+
+
+def _emit(
+    report: dict[str, Any], fmt: str, render: Callable[[dict[str, Any], Console], None]
+) -> None:
+    _print_notes(report)
     if fmt == "json":
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
     else:
         render(report, stdout)
+
+
+@app.command()
+def inspect(
+    model: ModelRef,
+    spec: Annotated[
+        str | None, typer.Option(help="A split spec: fill `blocks` with its real blocks.")
+    ] = None,
+    model_arg: ModelArg = None,
+    input_shape: InputShape = None,
+    input_dtype: InputDtype = None,
+    batch_size: BatchSize = None,
+    precision: PrecisionOpt = None,
+    leaf: Leaf = None,
+    fmt: Format = "table",
+) -> None:
+    """Trace MODEL, annotate its costs and list its legal cut points, units and blocks."""
+    from splitter.analysis import analyze
+    from splitter.plan import load_plan
+    from splitter.report import inspect_report, render
+
+    def build() -> dict[str, Any]:
+        _check_format(fmt)
+        options = model_options(model_arg, input_shape, input_dtype, batch_size, precision, leaf)
+        if spec is None:
+            return inspect_report(analyze(model, options))
+        plan = load_plan(model, spec, options)
+        return inspect_report(plan.analysis, plan)
+
+    _emit(_run(build), fmt, render)
+
+
+@app.command()
+def verify(
+    model_or_spec: Annotated[
+        str, typer.Argument(metavar="[MODEL] SPEC", help="MODEL (optional) and SPEC.yaml.")
+    ],
+    spec_path: Annotated[str | None, typer.Argument(metavar="", show_default=False)] = None,
+    model_arg: ModelArg = None,
+    input_shape: InputShape = None,
+    input_dtype: InputDtype = None,
+    batch_size: Annotated[
+        int | None, typer.Option(min=1, help="Samples in the real test batch (default 2).")
+    ] = None,
+    precision: PrecisionOpt = None,
+    leaf: Leaf = None,
+    fmt: Format = "table",
+) -> None:
+    """Check the split on the real model: chained blocks == original, gradient isolation,
+    every parameter trained by exactly one block. Exit 0 when all hold, 1 otherwise."""
+    from splitter.plan import load_plan
+    from splitter.report import render_verification, verification_report
+    from splitter.verify import verify_plan
+
+    def build() -> dict[str, Any]:
+        _check_format(fmt)
+        model, spec = _model_and_spec(model_or_spec, spec_path)
+        options = model_options(model_arg, input_shape, input_dtype, None, precision, leaf)
+        plan = load_plan(model, spec, options)
+        return verification_report(plan, verify_plan(plan, batch_size or 2))
+
+    report = _run(build)
+    _emit(report, fmt, render_verification)
+    if not report["ok"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of the split spec."""
+    from schemas import json_schema
+
+    sys.stdout.write(json.dumps(json_schema(), indent=2, sort_keys=True) + "\n")

@@ -38,7 +38,9 @@ InputDtype = Annotated[
 BatchSize = Annotated[
     int | None, typer.Option(min=1, help="Batch size for cost estimates (default 32).")
 ]
-PrecisionOpt = Annotated[str, typer.Option(help="fp32, bf16 or fp16 (autocast).")]
+PrecisionOpt = Annotated[
+    str | None, typer.Option(help="fp32, bf16 or fp16 (default: the spec's, else fp32).")
+]
 Leaf = Annotated[
     list[str] | None,
     typer.Option("--leaf", help="Module FQN or class path not to trace into; repeatable."),
@@ -53,7 +55,7 @@ def model_options(
     input_shape: str | None,
     input_dtype: str | None,
     batch_size: int | None,
-    precision: str,
+    precision: str | None,
     leaf: list[str] | None,
 ) -> ModelOptions:
     """Parse the shared model options into `ModelOptions` (usage errors exit 2)."""
@@ -62,6 +64,6 @@ def model_options(
         input_shape=parse_input_shape(input_shape) if input_shape else None,
         input_dtype=input_dtype,
         batch_size=batch_size,
-        precision=check_precision(precision),
+        precision=check_precision(precision) if precision else None,
         leaves=tuple(leaf or ()),
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import networkx as nx
 import torch.fx as fx
@@ -27,6 +27,11 @@ class CutPoint:
     node: str
     index: int
     shape: tuple[int, ...] | None
+    eval_node: str = ""
+
+    @property
+    def names(self) -> frozenset[str]:
+        return frozenset((self.name, *self.aliases))
 
 
 @dataclass(frozen=True)
@@ -57,16 +62,18 @@ def analyze_cuts(traced: TracedModel) -> CutAnalysis:
     """Interior cuts legal in both the train and the eval graph (train graph annotated)."""
     train = _named_dominators(traced, "train")
     evals = _named_dominators(traced, "eval")
-    eval_names = {n for cut in evals for n in (cut.name, *cut.aliases)}
-    train_names = {n for cut in train for n in (cut.name, *cut.aliases)}
-    both = [c for c in train if eval_names & {c.name, *c.aliases}]
-    tensors = [c for c in both if _is_tensor(traced.graph("train"), c)]
-    lookup = {alias: cut for cut in tensors for alias in (*cut.aliases, cut.name)}
+    both = []
+    for cut in train:
+        twin = next((e for e in evals if e.names & cut.names), None)
+        if twin is not None and _is_tensor(traced.graph("train"), cut):
+            both.append(replace(cut, eval_node=twin.node))
+    train_names = frozenset().union(*(c.names for c in train))
+    eval_names = frozenset().union(*(c.names for c in evals))
     return CutAnalysis(
-        cuts=tuple(tensors),
-        train_only=tuple(c.name for c in train if c not in both),
-        eval_only=tuple(c.name for c in evals if not train_names & {c.name, *c.aliases}),
-        lookup=lookup,
+        cuts=tuple(both),
+        train_only=tuple(c.name for c in train if not c.names & eval_names),
+        eval_only=tuple(c.name for c in evals if not c.names & train_names),
+        lookup={alias: cut for cut in both for alias in cut.names},
     )
 
 

@@ -45,7 +45,7 @@ class ModelOptions:
     input_shape: tuple[int, ...] | None = None
     input_dtype: str | None = None
     batch_size: int | None = None
-    precision: Precision = "fp32"
+    precision: Precision | None = None
     leaves: tuple[str, ...] = ()
 
 
@@ -152,7 +152,7 @@ def load_model(ref: str, options: ModelOptions | None = None) -> LoadedModel:
         module=module.train(),
         input=spec,
         batch_size=options.batch_size or DEFAULT_BATCH_SIZE,
-        precision=options.precision,
+        precision=options.precision or "fp32",
         warnings=notes,
     )
 

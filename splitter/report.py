@@ -10,21 +10,25 @@ from rich.table import Table
 from splitter.analysis import Analysis
 from splitter.annotate import NodeCost, node_cost
 from splitter.cuts import units
+from splitter.plan import Plan
+from splitter.verify import Verification
 
 
-def inspect_report(analysis: Analysis) -> dict[str, Any]:
-    """The fields of `splitter inspect --format json` (issue 2)."""
+def inspect_report(analysis: Analysis, plan: Plan | None = None) -> dict[str, Any]:
+    """The fields of `splitter inspect --format json`; with a plan, its real blocks."""
     model, traced = analysis.model, analysis.traced
     gm = traced.graph("train")
     costs = [node_cost(n) for n in gm.graph.nodes]
+    block_ends = [c.name for c in plan.cuts] if plan else []
     return {
         "model": model.ref,
+        "root": analysis.root,
         "batch_size": model.batch_size,
         "precision": model.precision,
-        "input_shape": [model.batch_size, *model.input.shape],
-        "input_dtype": str(model.input.dtype).removeprefix("torch."),
+        "input_shape": [model.batch_size, *analysis.target_input.shape],
+        "input_dtype": str(analysis.target_input.dtype).removeprefix("torch."),
         "nodes": len(gm.graph.nodes),
-        "parameters": sum(p.numel() for p in model.module.parameters()),
+        "parameters": sum(p.numel() for p in analysis.target.parameters()),
         "total_activation_bytes": analysis.total_activation_bytes,
         "leafed": [{"fqn": x.fqn, "kind": x.kind, "reason": x.reason} for x in traced.leafed],
         "measured_nodes": [n.name for n in gm.graph.nodes if node_cost(n).measured],
@@ -33,10 +37,52 @@ def inspect_report(analysis: Analysis) -> dict[str, Any]:
             "eval_only": list(analysis.cuts.eval_only),
         },
         "cut_points": _cut_rows(analysis, costs),
-        "units": [u.__dict__ for u in units(gm, analysis.cuts.cuts)],
-        "blocks": [_whole_model_block(gm.graph.nodes, costs)],
+        "units": [u.__dict__ for u in units(gm, analysis.cuts.cuts, block_ends)],
+        "blocks": _block_rows(gm, costs, plan),
         "warnings": list(model.warnings),
     }
+
+
+def _block_rows(gm: Any, costs: list[NodeCost], plan: Plan | None) -> list[dict[str, Any]]:
+    nodes = list(gm.graph.nodes)
+    cuts = plan.cuts if plan else []
+    bounds = [-1, *(c.index for c in cuts), len(nodes) - 1]
+    names = ["input", *(c.name for c in cuts), "output"]
+    rows = []
+    for k in range(len(bounds) - 1):
+        span = costs[bounds[k] + 1 : bounds[k + 1] + 1]
+        out_shape = cuts[k].shape if k < len(cuts) else _output_shape(nodes)
+        row = {
+            "index": k,
+            "start": names[k],
+            "end": names[k + 1],
+            "params": sum(c.params for c in span),
+            "param_bytes": sum(c.param_bytes for c in span),
+            "activation_bytes": sum(c.saved_bytes for c in span),
+            "flops": sum(c.flops for c in span),
+            "out_shape": list(out_shape) if out_shape else None,
+        }
+        if plan:
+            row["params"] = sum(p.numel() for p in plan.surgery.blocks[k].parameters())
+            row["param_bytes"] = sum(
+                p.numel() * p.element_size() for p in plan.surgery.blocks[k].parameters()
+            )
+            row["aux"] = aux_kind(plan, k)
+        rows.append(row)
+    return rows
+
+
+def aux_kind(plan: Plan, index: int) -> str:
+    """The auxiliary kind of block `index`; the last block trains on the task loss."""
+    if index == len(plan.cuts):
+        return "task loss"
+    aux = plan.spec.spec.aux
+    return aux.blocks.get(index, aux.default).kind
+
+
+def _output_shape(nodes: list[Any]) -> tuple[int, ...] | None:
+    value = nodes[-1].args[0]
+    return node_cost(value).shape if hasattr(value, "meta") else None
 
 
 def _cut_rows(analysis: Analysis, costs: list[NodeCost]) -> list[dict[str, Any]]:
@@ -57,41 +103,24 @@ def _cut_rows(analysis: Analysis, costs: list[NodeCost]) -> list[dict[str, Any]]
     return rows
 
 
-def _whole_model_block(nodes: Any, costs: list[NodeCost]) -> dict[str, Any]:
-    output = next(n for n in reversed(nodes) if n.op == "output")
-    value = output.args[0]
-    out_shape = node_cost(value).shape if hasattr(value, "meta") else None
-    return {
-        "index": 0,
-        "start": "input",
-        "end": "output",
-        "params": sum(c.params for c in costs),
-        "param_bytes": sum(c.param_bytes for c in costs),
-        "activation_bytes": sum(c.saved_bytes for c in costs),
-        "flops": sum(c.flops for c in costs),
-        "out_shape": list(out_shape) if out_shape else None,
-    }
-
-
 def mib(n: int) -> str:
     return f"{n / 2**20:,.1f}"
 
 
+def table(title: str, columns: list[str], rows: list[list[str]]) -> Table:
+    """A rich table; columns whose name starts with `>` are right-aligned."""
+    out = Table(title=title, title_justify="left")
+    for col in columns:
+        out.add_column(col.lstrip(">"), justify="right" if col.startswith(">") else "left")
+    for row in rows:
+        out.add_row(*row)
+    return out
+
+
 def render(report: dict[str, Any], console: Console) -> None:
-    """Cut points, units and a summary as rich tables."""
-    cuts = Table(title=f"Legal cut points of {report['model']}", title_justify="left")
-    for col, justify in [
-        ("#", "right"),
-        ("cut", "left"),
-        ("shape", "left"),
-        ("act. before MiB", "right"),
-        ("params before", "right"),
-        ("GFLOPs before", "right"),
-        ("aliases", "left"),
-    ]:
-        cuts.add_column(col, justify=justify)  # type: ignore[arg-type]
-    for i, row in enumerate(report["cut_points"]):
-        cuts.add_row(
+    """Cut points, units, blocks and a summary as rich tables."""
+    cut_rows = [
+        [
             str(i),
             row["name"],
             "x".join(map(str, row["shape"] or [])),
@@ -99,40 +128,114 @@ def render(report: dict[str, Any], console: Console) -> None:
             f"{row['params_before']:,}",
             f"{row['flops_before'] / 1e9:,.2f}",
             ", ".join(row["aliases"]),
-        )
-    console.print(cuts)
-    unit_table = Table(title="Units", title_justify="left")
-    for col in ("#", "start", "end", "params"):
-        unit_table.add_column(col)
-    for u in report["units"]:
-        unit_table.add_row(str(u["index"]), u["start"], u["end"], f"{u['params']:,}")
-    console.print(unit_table)
+        ]
+        for i, row in enumerate(report["cut_points"])
+    ]
+    columns = [">#", "cut", "shape", ">act. before MiB", ">params before", ">GFLOPs before"]
+    console.print(table(f"Legal cut points of {report['model']}", [*columns, "aliases"], cut_rows))
+    unit_rows = [
+        [str(u["index"]), u["start"], u["end"], f"{u['params']:,}"] for u in report["units"]
+    ]
+    console.print(table("Units", [">#", "start", "end", ">params"], unit_rows))
+    block_rows = [
+        [
+            str(b["index"]),
+            b["start"],
+            b["end"],
+            f"{b['params']:,}",
+            mib(b["activation_bytes"]),
+            f"{b['flops'] / 1e9:,.2f}",
+            "x".join(map(str, b["out_shape"] or [])),
+            b.get("aux", "-"),
+        ]
+        for b in report["blocks"]
+    ]
+    block_columns = [">#", "start", "end", ">params", ">act. MiB", ">GFLOPs", "out", "aux"]
+    console.print(table("Blocks", block_columns, block_rows))
     console.print(_summary(report))
 
 
 def _summary(report: dict[str, Any]) -> Table:
-    table = Table(title="Summary", title_justify="left", show_header=False)
-    block, cuts = report["blocks"][0], report["cut_points"]
-    diffs = report["mode_differences"]
+    cuts, diffs = report["cut_points"], report["mode_differences"]
+    flops = sum(b["flops"] for b in report["blocks"])
     rows = [
-        ("model", report["model"]),
-        ("input", f"{'x'.join(map(str, report['input_shape']))} {report['input_dtype']}"),
-        ("precision", report["precision"]),
-        ("graph nodes (train)", str(report["nodes"])),
-        ("parameters", f"{report['parameters']:,}"),
-        ("saved activations", f"{mib(report['total_activation_bytes'])} MiB"),
-        ("forward GFLOPs", f"{block['flops'] / 1e9:,.2f}"),
-        ("legal cuts", f"{len(cuts)} (at most {len(cuts) + 1} blocks)"),
-        ("units", str(len(report["units"]))),
+        ["model", report["model"] + (f" (root `{report['root']}`)" if report["root"] else "")],
+        ["input", f"{'x'.join(map(str, report['input_shape']))} {report['input_dtype']}"],
+        ["precision", report["precision"]],
+        ["graph nodes (train)", str(report["nodes"])],
+        ["parameters", f"{report['parameters']:,}"],
+        ["saved activations", f"{mib(report['total_activation_bytes'])} MiB"],
+        ["forward GFLOPs", f"{flops / 1e9:,.2f}"],
+        ["legal cuts", f"{len(cuts)} (at most {len(cuts) + 1} blocks)"],
+        ["units", str(len(report["units"]))],
     ]
-    rows += [(f"leafed {x['kind']}", f"{x['fqn']}: {x['reason']}") for x in report["leafed"]]
+    rows += [[f"leafed {x['kind']}", f"{x['fqn']}: {x['reason']}"] for x in report["leafed"]]
     if report["measured_nodes"]:
-        rows.append(("costs measured on real tensors", ", ".join(report["measured_nodes"])))
+        rows.append(["costs measured on real tensors", ", ".join(report["measured_nodes"])])
     if diffs["train_only"] or diffs["eval_only"]:
-        rows.append(("cuts legal in train mode only", ", ".join(diffs["train_only"]) or "-"))
-        rows.append(("cuts legal in eval mode only", ", ".join(diffs["eval_only"]) or "-"))
-    table.add_column("key")
-    table.add_column("value")
-    for key, value in rows:
-        table.add_row(key, value)
-    return table
+        rows.append(["cuts legal in train mode only", ", ".join(diffs["train_only"]) or "-"])
+        rows.append(["cuts legal in eval mode only", ", ".join(diffs["eval_only"]) or "-"])
+    return table("Summary", ["key", "value"], rows)
+
+
+def verification_report(plan: Plan, result: Verification) -> dict[str, Any]:
+    """The fields of `splitter verify --format json`."""
+    return {
+        "model": plan.analysis.model.ref,
+        "root": plan.analysis.root,
+        "spec": plan.spec.source,
+        "ok": result.ok,
+        "blocks": [{**b.__dict__, "problems": list(b.problems), "ok": b.ok} for b in result.blocks],
+        "output_equal_eval": result.output_equal_eval,
+        "output_rel_diff_train": result.output_rel_diff_train,
+        "model_output_equal_eval": result.model_output_equal_eval,
+        "untrained": result.untrained,
+        "multiply_trained": result.multiply_trained,
+        "shared_params": [s.__dict__ for s in plan.surgery.shared],
+        "warnings": list(plan.analysis.model.warnings),
+    }
+
+
+def render_verification(report: dict[str, Any], console: Console) -> None:
+    """Per-block checks and the verdict."""
+    yes = {True: "yes", False: "NO", None: "-"}
+    rows = [
+        [
+            str(b["index"]),
+            b["start"],
+            b["end"],
+            f"{b['params']:,}",
+            yes[b["eval_equal"]],
+            f"{b['train_rel_diff']:.1e}",
+            yes[b["isolated"] and b["input_grad_free"]],
+            str(b["trained"]),
+            "; ".join(b["problems"]) or "ok",
+        ]
+        for b in report["blocks"]
+    ]
+    columns = [
+        ">#",
+        "start",
+        "end",
+        ">params",
+        "eval ==",
+        ">train rel. diff",
+        "isolated",
+        ">trained params",
+        "verdict",
+    ]
+    console.print(table(f"verify {report['model']} with {report['spec']}", columns, rows))
+    lines = [
+        f"chained output == original (eval): {yes[report['output_equal_eval']]}",
+        f"chained output vs original (train, same seed): {report['output_rel_diff_train']:.1e}",
+    ]
+    if report["root"]:
+        lines.append(
+            f"whole model with root `{report['root']}` split == original (eval): "
+            f"{yes[report['model_output_equal_eval']]}"
+        )
+    lines += [f"not trained by any block: {n}" for n in report["untrained"]]
+    lines += [f"trained by more than one block: {n}" for n in report["multiply_trained"]]
+    lines.append("all checks passed" if report["ok"] else "verification FAILED")
+    for line in lines:
+        console.print(line, highlight=False)

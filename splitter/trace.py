@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import traceback
 import types
 from collections.abc import Callable, Iterable, Iterator
@@ -132,7 +133,7 @@ class _TraceState:
             tracer = SplitterTracer(self.leaf_fqns, self.leaf_types, self.autowrap)
             with _in_mode(root, mode):
                 try:
-                    graph = tracer.trace(root)
+                    graph = tracer.trace(root, concrete_args=optional_args(root))
                 except Exception as e:
                     raise _diagnose(e, tracer, root, mode) from e
             graphs[mode] = fx.GraphModule(tracer.root, graph, type(root).__name__)
@@ -151,6 +152,21 @@ class _TraceState:
             self.leafed.append(Leafed(failure.fqn, "module", failure.message))
         else:
             raise TraceError(_root_failure(failure, root))
+
+
+def optional_args(root: nn.Module) -> dict[str, Any]:
+    """Forward arguments after the first that have defaults (masks, flags) are traced at their
+    defaults, as the model is called with one input; otherwise they would reach every block."""
+    try:
+        parameters = list(inspect.signature(root.forward).parameters.values())
+    except (TypeError, ValueError):
+        return {}
+    return {
+        p.name: p.default
+        for p in parameters[1:]
+        if p.default is not inspect.Parameter.empty
+        and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
 
 
 def _diagnose(

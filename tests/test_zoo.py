@@ -4,6 +4,8 @@ legal cuts with no configuration, and their traced eval graphs compute the eager
 from __future__ import annotations
 
 import importlib.util
+import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -55,3 +57,34 @@ def test_timm(name: str) -> None:
 
 def test_the_zoo_is_complete() -> None:
     assert len(TORCHVISION) == 80
+
+
+def evenly_spaced(names: list[str], count: int = 4) -> list[str]:
+    n = len(names)
+    picks = sorted({min(n - 1, round((i + 1) * n / (count + 1))) for i in range(count)})
+    return [names[i] for i in picks]
+
+
+def verify_with_cuts(ref: str, size: int, tmp_path: Path, root: str | None = None) -> None:
+    from splitter.plan import load_plan
+    from splitter.verify import verify_plan
+
+    options = ModelOptions(batch_size=2, input_shape=(3, size, size))
+    analysis = analyze(ref, options, root=root)
+    cuts = evenly_spaced([c.name for c in analysis.cuts.cuts])
+    spec = tmp_path / "spec.yaml"
+    root_line = f"model: {{root: {root}}}\n" if root else ""
+    spec.write_text(f"version: 1\n{root_line}partition:\n  cuts: {json.dumps(cuts)}\n")
+    result = verify_plan(load_plan(ref, str(spec), options), batch_size=2)
+    assert result.ok, result
+
+
+@pytest.mark.parametrize("name", TORCHVISION)
+def test_torchvision_verifies_with_four_cuts(name: str, tmp_path: Path) -> None:
+    verify_with_cuts(f"torchvision:{name}", SMALLEST.get(name, 32), tmp_path)
+
+
+def test_detection_backbone_verifies_as_root(tmp_path: Path) -> None:
+    verify_with_cuts(
+        "torchvision:fasterrcnn_mobilenet_v3_large_fpn", 224, tmp_path, root="backbone.body"
+    )

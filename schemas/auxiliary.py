@@ -1,0 +1,117 @@
+"""The auxiliary networks a block may train with: one model per `kind`, joined in a union."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import ConfigDict, Field, NonNegativeInt, PositiveInt
+
+from schemas.base import SpecModel
+
+Layout = Literal["auto", "nchw", "nhwc", "nlc", "ncl", "nc"]
+
+
+def _kind_required(schema: dict[str, Any]) -> None:
+    """In the JSON Schema `kind` is required: it selects the auxiliary (Python has a default)."""
+    schema["required"] = ["kind", *(key for key in schema.get("required", []) if key != "kind")]
+
+
+class _Aux(SpecModel):
+    """The options every auxiliary kind takes."""
+
+    model_config = ConfigDict(json_schema_extra=_kind_required)
+
+    kind: str
+    """Selects the auxiliary; each kind narrows it to its own name."""
+    layout: Layout = "auto"
+    """How the boundary tensor is laid out: `nchw`, `nhwc` (image maps), `nlc`, `ncl` (token
+    sequences) or `nc` (features). `auto` infers it from the nearest op before the boundary that
+    fixes a layout (conv, Linear, LayerNorm, flatten or transpose)."""
+
+
+class LinearAux(_Aux):
+    """Global pooling and one Linear layer to the classes."""
+
+    kind: Literal["linear"] = "linear"
+    """Selects this auxiliary: `linear`."""
+
+
+class ConvAux(_Aux):
+    """`depth` conv3x3-BN-ReLU layers, pooling, a `hidden` Linear-ReLU, then Linear (InfoPro's
+    `1c2f`; `depth: 0` is DGL's simplest). Token sequences use Conv1d over the token axis."""
+
+    kind: Literal["conv"] = "conv"
+    """Selects this auxiliary: `conv`."""
+    depth: NonNegativeInt = 1
+    """Number of conv3x3-BN-ReLU layers (stride 2 while the map is larger than 8x8); 0 for none."""
+    width: PositiveInt | None = None
+    """Channels of the conv layers; null means twice the boundary's channels (2C)."""
+    hidden: PositiveInt = 128
+    """Width of the hidden Linear-ReLU layer before the classifier."""
+
+
+class InfoProAux(_Aux):
+    """InfoPro: a decoder reconstructing the input (BCE) plus the `conv` head (cross entropy)."""
+
+    kind: Literal["infopro"] = "infopro"
+    """Selects this auxiliary: `infopro`."""
+    lambda1: tuple[float, float] = (5.0, 0.5)
+    """Weight of the reconstruction loss as `[first, last]`, interpolated linearly over the
+    auxiliaries (a single auxiliary takes the first)."""
+    lambda2: tuple[float, float] = (0.0, 1.0)
+    """Weight of the classification loss as `[first, last]`, interpolated like `lambda1`."""
+    width: PositiveInt = 12
+    """Channels of the decoder's hidden conv3x3-BN-ReLU layer."""
+
+
+class AugmentedAux(_Aux):
+    """AugLocal: fresh copies of units sampled from the rest of the network, then a classifier."""
+
+    kind: Literal["augmented"] = "augmented"
+    """Selects this auxiliary: `augmented`."""
+    depth: PositiveInt = 3
+    """Number of sampled units for the first block; later blocks take fewer, set by `tau`."""
+    tau: float = Field(default=0.5, ge=0, le=1)
+    """How fast the depth shrinks over the blocks, from 0 (constant) to 1 (down to 1 unit)."""
+
+
+class MlaanAux(_Aux):
+    """MLAAN: an independent `conv` loss plus a cascaded loss over a window of blocks."""
+
+    kind: Literal["mlaan"] = "mlaan"
+    """Selects this auxiliary: `mlaan`."""
+    window: int = Field(default=2, ge=1)
+    """Number of blocks, this one included, that the cascaded loss trains together."""
+    weights: tuple[float, float] = (0.001, 0.999)
+    """Weights of the `[independent, cascaded]` losses."""
+
+
+HeadConfig = Annotated[
+    LinearAux | ConvAux | InfoProAux | AugmentedAux | MlaanAux, Field(discriminator="kind")
+]
+"""The head on top of a `momentum` auxiliary: any kind but `momentum`."""
+
+
+class MomentumAux(_Aux):
+    """MAN/MAN++: a trainable and an EMA copy of the next block's first unit, then a head."""
+
+    kind: Literal["momentum"] = "momentum"
+    """Selects this auxiliary: `momentum`."""
+    decay: float = Field(default=0.995, gt=0, lt=1)
+    """EMA decay of the frozen copy, strictly between 0 and 1: `ema = decay*ema + (1-decay)*src`."""
+    init: Literal["copy", "fresh"] = "copy"
+    """`copy` starts both copies from the next block's weights; `fresh` re-initialises them."""
+    learnable_scale: bool = True
+    """Mix the copies with a learnable scale `s` (MAN++); false fixes `s` at 1 (MAN)."""
+    head: HeadConfig = ConvAux()
+    """The auxiliary on top of the mixed copies, sized from their output: any non-momentum kind."""
+
+
+AuxConfig = Annotated[
+    LinearAux | ConvAux | MomentumAux | InfoProAux | AugmentedAux | MlaanAux,
+    Field(discriminator="kind"),
+]
+"""One auxiliary network, selected by its `kind`."""
+
+AUX_KINDS: tuple[str, ...] = ("linear", "conv", "momentum", "infopro", "augmented", "mlaan")
+"""Every auxiliary kind, in the order the docs list them."""

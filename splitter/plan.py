@@ -1,0 +1,220 @@
+"""From a split spec to checked cuts and blocks: the spec's meaning against the traced model."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import torch.fx as fx
+
+from schemas import LoadedSpec, SplitSpec, load_spec
+from splitter.analysis import Analysis, analyze
+from splitter.cuts import CutPoint, data_graph, modules_finishing, node_paths
+from splitter.errors import SpecError, UsageError
+from splitter.modelref import ModelOptions
+from splitter.surgery import Surgery, split
+
+Problem = tuple[tuple[str | int, ...], str]
+
+
+@dataclass
+class Plan:
+    """A model analysed against a spec: its cuts and its blocks."""
+
+    analysis: Analysis
+    spec: LoadedSpec
+    cuts: list[CutPoint]
+    surgery: Surgery
+
+
+def load_plan(model: str | None, spec_path: str, options: ModelOptions) -> Plan:
+    """Load the spec, analyse the model it names (command line first), check the spec's
+    cuts and auxiliaries against the model, and cut it into blocks."""
+    loaded = load_spec(spec_path)
+    ref = model or loaded.spec.model.ref
+    if not ref:
+        raise UsageError(
+            f"no MODEL given and `{spec_path}` has no `model.ref`; pass MODEL "
+            "(e.g. `examples/resnet_cifar/model.py`) or set `model.ref` in the spec"
+        )
+    merged, notes = merge_options(options, loaded.spec)
+    analysis = analyze(
+        ref, merged, root=loaded.spec.model.root, auto_leaf=loaded.spec.trace.auto_leaf
+    )
+    analysis.model.warnings.extend(notes)
+    cuts = check_spec(loaded, analysis)
+    return Plan(
+        analysis, loaded, cuts, split(analysis.traced, cuts, loaded.spec.partition.shared_params)
+    )
+
+
+def merge_options(cli: ModelOptions, spec: SplitSpec) -> tuple[ModelOptions, list[str]]:
+    """Each model setting from the command line, else the spec (DESIGN 1.1)."""
+    section, notes = spec.model, []
+    shape = tuple(section.input_shape) if section.input_shape else None
+    if cli.input_shape and shape and cli.input_shape != shape:
+        notes.append(f"--input-shape overrides the spec's model.input_shape {list(shape)}")
+    if cli.input_dtype and section.input_dtype and cli.input_dtype != section.input_dtype:
+        notes.append(f"--input-dtype overrides the spec's model.input_dtype {section.input_dtype}")
+    explicit = spec.training.model_fields_set
+    batch = spec.training.batch_size if "batch_size" in explicit else None
+    precision = spec.training.precision if "precision" in explicit else None
+    merged = replace(
+        cli,
+        model_args={**section.kwargs, **cli.model_args},
+        input_shape=cli.input_shape or shape,
+        input_dtype=cli.input_dtype or section.input_dtype,
+        batch_size=cli.batch_size or batch,
+        precision=cli.precision or precision,
+        leaves=(*spec.trace.leaf_modules, *cli.leaves),
+    )
+    return merged, notes
+
+
+def check_spec(loaded: LoadedSpec, analysis: Analysis) -> list[CutPoint]:
+    """Every problem of the spec against this model, reported together; the resolved cuts."""
+    spec = loaded.spec
+    problems: list[Problem] = []
+    cuts: list[CutPoint] = []
+    legal = len(analysis.cuts.cuts)
+    if spec.partition.auto is not None:
+        problems += _auto_problems(spec, legal)
+    else:
+        cuts, cut_problems = resolve_cuts(analysis, spec.partition.cuts or [])
+        problems += cut_problems
+    auto = spec.partition.auto
+    blocks = (auto.blocks or 0) if auto is not None else len(cuts) + 1
+    problems += _aux_problems(spec, blocks)
+    if problems:
+        raise SpecError([loaded.problem(path, message) for path, message in problems])
+    return cuts
+
+
+def _auto_problems(spec: SplitSpec, legal: int) -> list[Problem]:
+    auto = spec.partition.auto
+    assert auto is not None
+    problems: list[Problem] = [
+        (
+            ("partition", "auto"),
+            "`partition.auto` needs the automatic partitioner, which this version of splitter does "
+            "not have yet; list the cuts under `partition.cuts` (`splitter inspect MODEL` lists "
+            "the legal ones)",
+        )
+    ]
+    if auto.blocks and auto.blocks > legal + 1:
+        problems.append(
+            (
+                ("partition", "auto", "blocks"),
+                f"{auto.blocks} blocks need {auto.blocks - 1} cuts but the model has {legal} legal "
+                f"cuts; use at most {legal + 1} blocks",
+            )
+        )
+    return problems
+
+
+def _aux_problems(spec: SplitSpec, blocks: int) -> list[Problem]:
+    problems: list[Problem] = []
+    for index in spec.aux.blocks:
+        if blocks and index == blocks - 1:
+            problems.append(
+                (
+                    ("aux", "blocks", index),
+                    f"block {index} is the last block, which trains on the task loss and has no "
+                    "auxiliary; remove this entry",
+                )
+            )
+        elif blocks and index >= blocks:
+            problems.append(
+                (
+                    ("aux", "blocks", index),
+                    f"there is no block {index}: the spec makes {blocks} blocks (0..{blocks - 1}); "
+                    f"auxiliaries can be set for blocks 0..{blocks - 2}",
+                )
+            )
+    return problems
+
+
+def resolve_cuts(analysis: Analysis, names: Sequence[str]) -> tuple[list[CutPoint], list[Problem]]:
+    """Cut names to cut points, with a problem for each unknown, illegal, repeated or
+    out-of-order name."""
+    cuts: list[CutPoint] = []
+    problems: list[Problem] = []
+    for i, name in enumerate(names):
+        path = ("partition", "cuts", i)
+        cut = analysis.cuts.find(name)
+        if cut is None:
+            problems.append((path, explain_cut(analysis, name)))
+        elif cuts and cut.index == cuts[-1].index:
+            problems.append(
+                (
+                    path,
+                    f"cut `{name}` repeats `{cuts[-1].name}`: the same "
+                    "position; list each cut once",
+                )
+            )
+        elif cuts and cut.index < cuts[-1].index:
+            problems.append(
+                (
+                    path,
+                    f"cut `{name}` comes before `{cuts[-1].name}` in the model; "
+                    "list the cuts in forward order",
+                )
+            )
+        else:
+            cuts.append(cut)
+    return cuts, problems
+
+
+def explain_cut(analysis: Analysis, name: str) -> str:
+    """Why `name` is not a legal cut: unknown (with the closest names), or which tensors
+    cross it and the nearest legal cuts before and after."""
+    gm = analysis.traced.graph("train")
+    position = _position(gm, name)
+    if position is None:
+        known = [*analysis.cuts.lookup, *(m for m, _ in analysis.target.named_modules() if m)]
+        close = difflib.get_close_matches(name, known, n=3)
+        hint = (
+            f"the closest names are {', '.join(f'`{c}`' for c in close)}"
+            if close
+            else ("`splitter inspect MODEL` lists the legal cuts")
+        )
+        return f"cut `{name}` names no module or operation of the model; {hint}"
+    crossing = _crossing(gm, position, analysis)
+    before = [c.name for c in analysis.cuts.cuts if c.index < position]
+    after = [c.name for c in analysis.cuts.cuts if c.index > position]
+    nearest = " and ".join(f"`{n}`" for n in (before[-1:] + after[:1])) or "none"
+    if not crossing:
+        return (
+            f"cut `{name}` is not a legal cut (no single tensor flows through it, or it "
+            f"is the model's input or output); the nearest legal cuts are {nearest}"
+        )
+    return (
+        f"cut `{name}` is not a legal cut: {len(crossing)} tensors cross it "
+        f"({', '.join(crossing)}); the nearest legal cuts are {nearest}"
+    )
+
+
+def _position(gm: fx.GraphModule, name: str) -> int | None:
+    nodes = list(gm.graph.nodes)
+    finishing = modules_finishing(gm.graph)
+    paths = node_paths(gm.graph)
+    for i, node in enumerate(nodes):
+        if name in finishing.get(node, ()) or paths[node] == name or node.name == name:
+            return i
+    return None
+
+
+def _crossing(gm: fx.GraphModule, position: int, analysis: Analysis) -> list[str]:
+    nodes = list(gm.graph.nodes)
+    order = {n: i for i, n in enumerate(nodes)}
+    paths = node_paths(gm.graph)
+    by_node = {c.node: c.name for c in analysis.cuts.cuts}
+    data = set(data_graph(gm.graph).nodes)
+    crossing = []
+    for node in nodes[: position + 1]:
+        if node not in data or not any(order[u] > position for u in node.users):
+            continue
+        label = by_node.get(node.name, paths[node])
+        crossing.append("the model input" if node.op == "placeholder" else f"`{label}`")
+    return crossing

@@ -1,0 +1,307 @@
+"""Verification of a split on the real model: equivalence, gradient isolation, coverage."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.fx as fx
+from torch import nn
+from torch.utils import _pytree as pytree
+
+from splitter.cuts import CutPoint
+from splitter.surgery import Block, Surgery, swapped
+
+if TYPE_CHECKING:
+    from splitter.plan import Plan
+
+TRAIN_RTOL = 1e-6
+
+
+@dataclass(frozen=True)
+class BlockCheck:
+    """What `verify` found for one block."""
+
+    index: int
+    start: str
+    end: str
+    params: int
+    eval_equal: bool
+    train_rel_diff: float
+    isolated: bool
+    input_grad_free: bool
+    trained: int
+    problems: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@dataclass
+class Verification:
+    """The result of `verify`: per block, and for the whole chain."""
+
+    blocks: list[BlockCheck]
+    output_equal_eval: bool
+    output_rel_diff_train: float
+    untrained: list[str] = field(default_factory=list)
+    multiply_trained: list[str] = field(default_factory=list)
+    model_output_equal_eval: bool | None = None
+
+    @property
+    def ok(self) -> bool:
+        return (
+            all(b.ok for b in self.blocks)
+            and self.output_equal_eval
+            and self.output_rel_diff_train <= TRAIN_RTOL
+            and not self.untrained
+            and not self.multiply_trained
+            and self.model_output_equal_eval is not False
+        )
+
+
+def verify(
+    target: nn.Module,
+    graphs: dict[str, fx.GraphModule],
+    cuts: Sequence[CutPoint],
+    surgery: Surgery,
+    x: torch.Tensor,
+    *,
+    whole: tuple[nn.Module, str, torch.Tensor] | None = None,
+    seed: int = 0,
+) -> Verification:
+    """Check (a) equivalence in eval and train mode, (b) isolation of every block's local
+    backward, (c) that every trainable parameter is trained by exactly one block.
+    `whole` is (model, root FQN, model input) when only a submodule is split."""
+    with _restored(target):
+        eval_outs, eval_ref, eager_eval = _run_both(
+            target, graphs["eval"], cuts, surgery, x, "eval", seed
+        )
+        train_outs, train_ref, eager_train = _run_both(
+            target, graphs["train"], cuts, surgery, x, "train", seed
+        )
+        grads = _local_backwards(surgery.blocks, x)
+        whole_equal = _whole_model_equal(whole, surgery) if whole else None
+    sync = {id(p) for p in _sync_params(surgery)}
+    checks = [
+        _block_check(
+            b,
+            eval_outs[k],
+            eval_ref[k],
+            train_outs[k],
+            train_ref[k],
+            grads[k],
+            _others(surgery.blocks, k) - sync,
+        )
+        for k, b in enumerate(surgery.blocks)
+    ]
+    untrained, multiple = _coverage(target, surgery.blocks, grads, sync)
+    return Verification(
+        blocks=checks,
+        output_equal_eval=_tree_equal(eval_outs[-1], eager_eval),
+        output_rel_diff_train=_rel_diff(train_outs[-1], eager_train),
+        untrained=untrained,
+        multiply_trained=multiple,
+        model_output_equal_eval=whole_equal,
+    )
+
+
+@contextmanager
+def _restored(module: nn.Module) -> Iterator[None]:
+    """Undo what the checks do to the model: BatchNorm statistics, gradients, mode."""
+    state = {k: v.clone() for k, v in module.state_dict(keep_vars=True).items()}
+    training = [(m, m.training) for m in module.modules()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for name, value in module.state_dict(keep_vars=True).items():
+                value.copy_(state[name])
+        for m, flag in training:
+            m.training = flag
+        for p in module.parameters():
+            p.grad = None
+
+
+def _run_both(
+    target: nn.Module,
+    gm: fx.GraphModule,
+    cuts: Sequence[CutPoint],
+    surgery: Surgery,
+    x: torch.Tensor,
+    mode: str,
+    seed: int,
+) -> tuple[list[Any], list[Any], Any]:
+    """Block outputs, the traced graph's values at the cuts, and the eager model's output,
+    each run from the same seed, without gradients."""
+    train = mode == "train"
+    nodes = [c.node if train else c.eval_node for c in cuts]
+    target.train(train)
+    for block in surgery.blocks:
+        block.train(train)
+    with torch.no_grad():
+        torch.manual_seed(seed)
+        runner = fx.Interpreter(gm, garbage_collect_values=False)
+        final = runner.run(x)
+        by_name = {n.name: v for n, v in runner.env.items()}
+        reference = [by_name[n] for n in nodes] + [final]
+        torch.manual_seed(seed)
+        eager = target(x)
+        torch.manual_seed(seed)
+        outs, h = [], x
+        for block in surgery.blocks:
+            h = block(h)
+            outs.append(h)
+    return outs, reference, eager
+
+
+def _local_backwards(blocks: Sequence[Block], x: torch.Tensor) -> list[dict[int, bool]]:
+    """For each block, in the trainer's protocol (input detached), which parameters of every
+    block got a gradient from its local loss, and whether the previous block's output did."""
+    params = [p for b in blocks for p in b.parameters()]
+    for block in blocks:
+        block.train()
+    attached, h = [], x
+    for block in blocks[:-1]:
+        h = block(h)
+        if h.requires_grad:
+            h.retain_grad()
+        attached.append(h)
+    results = []
+    for k, block in enumerate(blocks):
+        for p in params:
+            p.grad = None
+        inp = x if k == 0 else attached[k - 1].detach()
+        torch.autograd.backward(_surrogate_loss(block(inp)))
+        got = {id(p): p.grad is not None for p in params}
+        got[-1] = k > 0 and attached[k - 1].grad is not None
+        results.append(got)
+    for p in params:
+        p.grad = None
+    return results
+
+
+def _surrogate_loss(out: Any) -> torch.Tensor:
+    leaves = [
+        t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor) and t.is_floating_point()
+    ]
+    return sum((t.float().square().mean() for t in leaves), torch.zeros(()))
+
+
+def _block_check(
+    block: Block,
+    eval_out: Any,
+    eval_ref: Any,
+    train_out: Any,
+    train_ref: Any,
+    grads: dict[int, bool],
+    others: set[int],
+) -> BlockCheck:
+    """`others`: parameters of other blocks (not synced) that this block must not reach."""
+    leaked = [pid for pid in others if grads.get(pid)]
+    trained = sum(1 for p in block.parameters() if grads.get(id(p)))
+    check = BlockCheck(
+        index=block.index,
+        start=block.start,
+        end=block.end,
+        params=sum(p.numel() for p in block.parameters()),
+        eval_equal=_tree_equal(eval_out, eval_ref),
+        train_rel_diff=_rel_diff(train_out, train_ref),
+        isolated=not leaked,
+        input_grad_free=not grads.get(-1, False),
+        trained=trained,
+    )
+    return _with_problems(check, len(leaked))
+
+
+def _others(blocks: Sequence[Block], index: int) -> set[int]:
+    return {id(p) for b in blocks if b.index != index for p in b.parameters()}
+
+
+def _with_problems(check: BlockCheck, leaked: int) -> BlockCheck:
+    problems = []
+    if not check.eval_equal:
+        problems.append("eval-mode output differs from the original")
+    if check.train_rel_diff > TRAIN_RTOL:
+        problems.append(f"train-mode output differs by {check.train_rel_diff:.2e} (relative)")
+    if not check.isolated:
+        problems.append(f"its local backward reached {leaked} parameters of other blocks")
+    if not check.input_grad_free:
+        problems.append("its local backward reached the previous block's output")
+    return BlockCheck(**{**check.__dict__, "problems": tuple(problems)})
+
+
+def _coverage(
+    target: nn.Module, blocks: Sequence[Block], grads: list[dict[int, bool]], sync: set[int]
+) -> tuple[list[str], list[str]]:
+    names = {id(p): n for n, p in target.named_parameters()}
+    untrained, multiple = [], []
+    for k, block in enumerate(blocks):
+        for name, p in block.named_parameters():
+            if not p.requires_grad:
+                continue
+            label = names.get(id(p), f"{name} (block {k}'s copy)")
+            count = sum(1 for g in grads if g.get(id(p)))
+            if count == 0:
+                untrained.append(label)
+            elif count > 1 and id(p) not in sync:
+                multiple.append(label)
+    covered = {id(p) for b in blocks for p in b.parameters()}
+    untrained += [
+        f"{n} (not used by the forward)"
+        for n, p in target.named_parameters()
+        if p.requires_grad and id(p) not in covered
+    ]
+    return sorted(set(untrained)), sorted(set(multiple))
+
+
+def _sync_params(surgery: Surgery) -> list[torch.Tensor]:
+    shared_names = {n for s in surgery.shared if s.policy == "sync" for n in s.names}
+    return [p for b in surgery.blocks for n, p in b.named_parameters() if n in shared_names]
+
+
+def _whole_model_equal(whole: tuple[nn.Module, str, torch.Tensor], surgery: Surgery) -> bool:
+    model, root, x = whole
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            original = model(x)
+            with swapped(model, root, surgery.chain().eval()):
+                chained = model(x)
+    finally:
+        model.train(training)
+    return _tree_equal(chained, original)
+
+
+def _tree_equal(a: Any, b: Any) -> bool:
+    la, lb = pytree.tree_leaves(a), pytree.tree_leaves(b)
+    return len(la) == len(lb) and all(
+        torch.equal(x, y) if isinstance(x, torch.Tensor) else x == y
+        for x, y in zip(la, lb, strict=True)
+    )
+
+
+def _rel_diff(a: Any, b: Any) -> float:
+    worst = 0.0
+    for x, y in zip(pytree.tree_leaves(a), pytree.tree_leaves(b), strict=False):
+        if isinstance(x, torch.Tensor) and x.is_floating_point():
+            scale = max(float(y.abs().max()), 1e-12) if y.numel() else 1.0
+            worst = max(worst, float((x - y).abs().max()) / scale if x.numel() else 0.0)
+    return worst
+
+
+def verify_plan(plan: Plan, batch_size: int = 2, seed: int = 0) -> Verification:
+    """`verify` on a plan's blocks, with real inputs of `batch_size` samples."""
+    analysis = plan.analysis
+    torch.manual_seed(seed)
+    x = analysis.target_input.batch(batch_size)
+    whole = None
+    if analysis.root:
+        whole = (analysis.model.module, analysis.root, analysis.model.input.batch(batch_size))
+    graphs = {"train": analysis.traced.graph("train"), "eval": analysis.traced.graph("eval")}
+    return verify(analysis.target, graphs, plan.cuts, plan.surgery, x, whole=whole, seed=seed)
