@@ -79,7 +79,7 @@ def parse_spec(text: str, source: str = "<spec>") -> LoadedSpec:
         raise SpecError([f"{source}, line 1, column 1: the YAML nests too deeply"]) from None
     spec, found = _validate(data, marks)
     if spec is None or found:
-        raise SpecError(_listed(found, source))
+        raise SpecError(_listed(found, source), document=data, positions=marks.values)
     return LoadedSpec(spec, source, marks.values)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 
 class SplitterError(Exception):
     """A user-facing failure. The CLI prints the message without a traceback."""
@@ -30,7 +32,14 @@ class AnnotationError(SplitterError):
 class SpecError(SplitterError):
     """A split spec with problems; every problem is reported at once, each with its place."""
 
-    def __init__(self, problems: list[str]) -> None:
+    def __init__(
+        self,
+        problems: list[str],
+        document: object = None,
+        positions: Mapping[tuple[str | int, ...], tuple[int, int]] | None = None,
+    ) -> None:
         self.problems = list(problems)
+        self.document = document  # the parsed YAML, when it parsed, for checks beyond schema
+        self.positions = dict(positions or {})
         count = f"{len(problems)} problems" if len(problems) > 1 else "1 problem"
         super().__init__(f"the split spec has {count}:\n" + "\n".join(f"  {p}" for p in problems))

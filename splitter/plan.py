@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import torch.fx as fx
 
 from schemas import LoadedSpec, SplitSpec, load_spec
+from schemas.positions import locate
 from splitter.analysis import Analysis, analyze
 from splitter.cuts import CutPoint, data_graph, modules_finishing, node_paths
-from splitter.errors import SpecError, UsageError
+from splitter.errors import SpecError, SplitterError, UsageError
 from splitter.modelref import ModelOptions
 from splitter.surgery import Surgery, split
 
@@ -31,7 +33,10 @@ class Plan:
 def load_plan(model: str | None, spec_path: str, options: ModelOptions) -> Plan:
     """Load the spec, analyse the model it names (command line first), check the spec's
     cuts and auxiliaries against the model, and cut it into blocks."""
-    loaded = load_spec(spec_path)
+    try:
+        loaded = load_spec(spec_path)
+    except SpecError as error:
+        raise _with_cut_problems(error, model, spec_path, options) from None
     ref = model or loaded.spec.model.ref
     if not ref:
         raise UsageError(
@@ -47,6 +52,35 @@ def load_plan(model: str | None, spec_path: str, options: ModelOptions) -> Plan:
     return Plan(
         analysis, loaded, cuts, split(analysis.traced, cuts, loaded.spec.partition.shared_params)
     )
+
+
+def _with_cut_problems(
+    error: SpecError, model: str | None, source: str, options: ModelOptions
+) -> SpecError:
+    """A spec the schema rejects may still name cuts: check them too, so that every problem
+    is reported at once. Anything that stops the check leaves the schema's problems alone."""
+    doc = error.document if isinstance(error.document, dict) else {}
+    partition, section = doc.get("partition"), doc.get("model")
+    cuts = partition.get("cuts") if isinstance(partition, dict) else None
+    ref = model or (section.get("ref") if isinstance(section, dict) else None)
+    root = section.get("root") if isinstance(section, dict) else None
+    if not (isinstance(cuts, list) and all(isinstance(c, str) for c in cuts) and ref):
+        return error
+    try:
+        analysis = analyze(str(ref), options, root=root if isinstance(root, str) else None)
+    except SplitterError:
+        return error
+    extra = [
+        f"{source}, line {line}, column {column}: {message}"
+        for path, message in resolve_cuts(analysis, cuts)[1]
+        for line, column in [locate(error.positions, path)]
+    ]
+    return SpecError(sorted([*error.problems, *extra], key=_place), error.document)
+
+
+def _place(problem: str) -> tuple[int, int]:
+    found = re.search(r", line (\d+), column (\d+): ", problem)
+    return (int(found.group(1)), int(found.group(2))) if found else (0, 0)
 
 
 def merge_options(cli: ModelOptions, spec: SplitSpec) -> tuple[ModelOptions, list[str]]:
@@ -84,7 +118,7 @@ def check_spec(loaded: LoadedSpec, analysis: Analysis) -> list[CutPoint]:
         cuts, cut_problems = resolve_cuts(analysis, spec.partition.cuts or [])
         problems += cut_problems
     auto = spec.partition.auto
-    blocks = (auto.blocks or 0) if auto is not None else len(cuts) + 1
+    blocks = (auto.blocks or 0) if auto is not None else len(spec.partition.cuts or []) + 1
     problems += _aux_problems(spec, blocks)
     if problems:
         raise SpecError([loaded.problem(path, message) for path, message in problems])
@@ -140,30 +174,28 @@ def resolve_cuts(analysis: Analysis, names: Sequence[str]) -> tuple[list[CutPoin
     out-of-order name."""
     cuts: list[CutPoint] = []
     problems: list[Problem] = []
+    seen: dict[int, str] = {}
     for i, name in enumerate(names):
-        path = ("partition", "cuts", i)
         cut = analysis.cuts.find(name)
-        if cut is None:
-            problems.append((path, explain_cut(analysis, name)))
-        elif cuts and cut.index == cuts[-1].index:
-            problems.append(
-                (
-                    path,
-                    f"cut `{name}` repeats `{cuts[-1].name}`: the same "
-                    "position; list each cut once",
-                )
-            )
-        elif cuts and cut.index < cuts[-1].index:
-            problems.append(
-                (
-                    path,
-                    f"cut `{name}` comes before `{cuts[-1].name}` in the model; "
-                    "list the cuts in forward order",
-                )
-            )
-        else:
+        message = explain_cut(analysis, name) if cut is None else _order_problem(cut, cuts, seen)
+        if message:
+            problems.append((("partition", "cuts", i), message))
+        elif cut is not None:
             cuts.append(cut)
+        if cut is not None:
+            seen.setdefault(cut.index, name)
     return cuts, problems
+
+
+def _order_problem(cut: CutPoint, cuts: list[CutPoint], seen: dict[int, str]) -> str | None:
+    if cut.index in seen:
+        return f"cut `{cut.name}` repeats `{seen[cut.index]}` (the same position); list each once"
+    if cuts and cut.index < cuts[-1].index:
+        return (
+            f"cut `{cut.name}` comes before `{cuts[-1].name}` in the model; "
+            "list the cuts in forward order"
+        )
+    return None
 
 
 def explain_cut(analysis: Analysis, name: str) -> str:
@@ -172,7 +204,8 @@ def explain_cut(analysis: Analysis, name: str) -> str:
     gm = analysis.traced.graph("train")
     position = _position(gm, name)
     if position is None:
-        known = [*analysis.cuts.lookup, *(m for m, _ in analysis.target.named_modules() if m)]
+        modules = (m for m, _ in analysis.target.named_modules() if m)
+        known = list(dict.fromkeys([*analysis.cuts.lookup, *modules]))
         close = difflib.get_close_matches(name, known, n=3)
         hint = (
             f"the closest names are {', '.join(f'`{c}`' for c in close)}"
@@ -190,8 +223,8 @@ def explain_cut(analysis: Analysis, name: str) -> str:
             f"is the model's input or output); the nearest legal cuts are {nearest}"
         )
     return (
-        f"cut `{name}` is not a legal cut: {len(crossing)} tensors cross it "
-        f"({', '.join(crossing)}); the nearest legal cuts are {nearest}"
+        f"cut `{name}` is not a legal cut: {len(crossing)} tensors cross it, the outputs of "
+        f"{' and '.join(crossing)}; the nearest legal cuts are {nearest}"
     )
 
 
@@ -216,5 +249,5 @@ def _crossing(gm: fx.GraphModule, position: int, analysis: Analysis) -> list[str
         if node not in data or not any(order[u] > position for u in node.users):
             continue
         label = by_node.get(node.name, paths[node])
-        crossing.append("the model input" if node.op == "placeholder" else f"`{label}`")
+        crossing.append("the model's input" if node.op == "placeholder" else f"`{label}`")
     return crossing
