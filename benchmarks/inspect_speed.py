@@ -53,28 +53,16 @@ def speed_table(models: list[str], repeats: int) -> None:
 
 def accuracy_table(models: list[str], batch: int) -> None:
     import torch
-    from torch import nn
 
     from splitter import ModelOptions, analyze
-
-    def measured(model: nn.Module, x: torch.Tensor) -> int:
-        state = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
-        seen: dict[int, int] = {}
-
-        def pack(t: torch.Tensor) -> torch.Tensor:
-            seen.setdefault(t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            model(x)
-        return sum(n for p, n in seen.items() if p not in state)
+    from splitter.annotate import measure_saved_bytes
 
     print(f"\n| model (batch {batch}, 3x224x224) | estimated MiB (fake) | measured MiB "
           "(real CPU forward) | difference |")
     print("|---|---|---|---|")
     for name in models:
         analysis = analyze(f"torchvision:{name}", ModelOptions(batch_size=batch))
-        real = measured(analysis.model.module, torch.randn(batch, 3, 224, 224))
+        real = measure_saved_bytes(analysis.model.module, torch.randn(batch, 3, 224, 224))
         est = analysis.total_activation_bytes
         print(f"| {name} | {est / 2**20:,.2f} | {real / 2**20:,.2f} | "
               f"{(est - real) / real:+.2%} |")

@@ -254,3 +254,19 @@ def _annotation_error(n: fx.Node, error: Exception) -> AnnotationError:
         f"{first}; check that --input-shape and --input-dtype give one sample of what the model "
         "expects (without the batch dimension)"
     )
+
+
+def measure_saved_bytes(module: nn.Module, *args: torch.Tensor) -> int:
+    """Ground truth for `annotate`: the bytes autograd saves on a real forward of `module`,
+    counted with the same hooks, de-duplicated by storage, parameters and buffers left out."""
+    state = {t.untyped_storage().data_ptr() for t in [*module.parameters(), *module.buffers()]}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        seen.setdefault(t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = module(*args)
+    del out
+    return sum(n for ptr, n in seen.items() if ptr not in state)

@@ -9,10 +9,10 @@ import torch
 import torchvision
 
 from splitter.analysis import analyze
-from splitter.annotate import node_cost
+from splitter.annotate import measure_saved_bytes, node_cost
 from splitter.modelref import InputSpec, ModelOptions
 from splitter.trace import trace
-from tests.conftest import FIXTURES, measure_saved_bytes
+from tests.conftest import FIXTURES
 
 
 @pytest.mark.parametrize(("name", "batch"), [("resnet18", 4), ("mobilenet_v2", 2), ("vit_b_16", 2)])
