@@ -193,7 +193,7 @@ def _build_timm(name: str, kwargs: Mapping[str, object]) -> nn.Module:
 def _build_from_file(
     ref: str, kwargs: Mapping[str, object]
 ) -> tuple[str, nn.Module, torch.Tensor | None]:
-    path_text, attr = _split_file_ref(ref)
+    path_text, attr = split_file_ref(ref)
     path = Path(path_text)
     user_module = import_model_file(path)
     builder = getattr(user_module, attr, None)
@@ -208,7 +208,8 @@ def _build_from_file(
     return path.stem if attr == "build_model" else attr, module, _example_from(user_module, path)
 
 
-def _split_file_ref(ref: str) -> tuple[str, str]:
+def split_file_ref(ref: str) -> tuple[str, str]:
+    """`path.py:NAME` to (`path.py`, `NAME`); a plain path calls `build_model`."""
     head, sep, tail = ref.rpartition(":")
     if sep and head.endswith(".py") and tail.isidentifier():
         return head, tail

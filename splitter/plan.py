@@ -6,15 +6,17 @@ import difflib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch.fx as fx
 
 from schemas import LoadedSpec, SplitSpec, load_spec
 from schemas.positions import locate
 from splitter.analysis import Analysis, analyze
+from splitter.annotate import node_cost
 from splitter.cuts import CutPoint, data_graph, modules_finishing, node_paths
 from splitter.errors import SpecError, SplitterError, UsageError
-from splitter.modelref import ModelOptions
+from splitter.modelref import ModelOptions, split_file_ref
 from splitter.surgery import Surgery, split
 
 Problem = tuple[tuple[str | int, ...], str]
@@ -37,7 +39,7 @@ def load_plan(model: str | None, spec_path: str, options: ModelOptions) -> Plan:
         loaded = load_spec(spec_path)
     except SpecError as error:
         raise _with_cut_problems(error, model, spec_path, options) from None
-    ref = model or loaded.spec.model.ref
+    ref = model or _relative_to(spec_path, loaded.spec.model.ref)
     if not ref:
         raise UsageError(
             f"no MODEL given and `{spec_path}` has no `model.ref`; pass MODEL "
@@ -83,6 +85,17 @@ def _place(problem: str) -> tuple[int, int]:
     return (int(found.group(1)), int(found.group(2))) if found else (0, 0)
 
 
+def _relative_to(spec_path: str, ref: str | None) -> str | None:
+    """A model file in `model.ref` is found from the working folder, else from the spec's."""
+    if not ref or ref.startswith(("torchvision:", "timm:")):
+        return ref
+    path, attr = split_file_ref(ref)
+    beside = Path(spec_path).parent / path
+    if Path(path).exists() or not beside.exists():
+        return ref
+    return str(beside) if attr == "build_model" else f"{beside}:{attr}"
+
+
 def merge_options(cli: ModelOptions, spec: SplitSpec) -> tuple[ModelOptions, list[str]]:
     """Each model setting from the command line, else the spec (DESIGN 1.1)."""
     section, notes = spec.model, []
@@ -120,6 +133,7 @@ def check_spec(loaded: LoadedSpec, analysis: Analysis) -> list[CutPoint]:
     auto = spec.partition.auto
     blocks = (auto.blocks or 0) if auto is not None else len(spec.partition.cuts or []) + 1
     problems += _aux_problems(spec, blocks)
+    problems += _output_problems(spec, analysis)
     if problems:
         raise SpecError([loaded.problem(path, message) for path, message in problems])
     return cuts
@@ -167,6 +181,27 @@ def _aux_problems(spec: SplitSpec, blocks: int) -> list[Problem]:
                 )
             )
     return problems
+
+
+def _output_problems(spec: SplitSpec, analysis: Analysis) -> list[Problem]:
+    """`model.output` must select an element of what the model returns."""
+    choice = spec.model.output
+    if choice is None:
+        return []
+    nodes = list(analysis.traced.graph("train").graph.nodes)
+    returned = nodes[-1].args[0]
+    if isinstance(returned, dict):
+        valid: list[object] = list(returned)
+    elif isinstance(returned, (tuple, list)):
+        valid = list(range(len(returned)))
+    elif isinstance(returned, fx.Node) and node_cost(returned).shape is not None:
+        valid = [0]
+    else:
+        return []  # a structure built at run time (e.g. a namedtuple): checked when training
+    if choice in valid:
+        return []
+    shown = ", ".join(f"`{v}`" for v in valid)
+    return [(("model", "output"), f"the model returns nothing at `{choice}`; use one of {shown}")]
 
 
 def resolve_cuts(analysis: Analysis, names: Sequence[str]) -> tuple[list[CutPoint], list[Problem]]:

@@ -21,5 +21,15 @@ def test_example_inspects(cli: CliRunner, model: object) -> None:
     assert report["cut_points"] and report["units"] and report["leafed"] == []
 
 
+SPECS = sorted(EXAMPLES.glob("*/spec.yaml"))
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=[s.parent.name for s in SPECS])
+def test_example_spec_verifies(cli: CliRunner, spec: object) -> None:
+    result = cli.invoke(app, ["verify", str(spec), "--format", "json"])
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["ok"]
+
+
 def test_there_are_examples() -> None:
-    assert len(MODELS) >= 1
+    assert len(MODELS) >= 2 and len(SPECS) == len(MODELS)

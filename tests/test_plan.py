@@ -159,3 +159,18 @@ def test_random_cut_lists_verify_or_are_rejected(
         (c.name for c in plan.cuts), key=lambda n: plan.analysis.cuts.lookup[n].index
     )
     assert verify_plan(plan).ok
+
+
+def test_model_output_must_exist(tmp_path: Path) -> None:
+    spec = write(tmp_path, "version: 1\nmodel: {output: 2}\npartition:\n  cuts: [layer1]\n")
+    with pytest.raises(SpecError, match=r"line 2, column 17: the model returns nothing at `2`"):
+        load_plan(CIFAR, spec, SMALL)
+
+
+def test_model_ref_beside_the_spec(tmp_path: Path) -> None:
+    (tmp_path / "net.py").write_text((EXAMPLES / "resnet_cifar" / "model.py").read_text())
+    spec = write(tmp_path, "version: 1\nmodel: {ref: net.py, kwargs: {depth: 8}}\n"
+                           "partition:\n  cuts: [layer2]\n")
+    plan = load_plan(None, spec, ModelOptions())
+    assert plan.analysis.model.ref == str(tmp_path / "net.py")
+    assert [b.end for b in plan.surgery.blocks] == ["layer2.0", "output"]
