@@ -70,6 +70,7 @@ def annotate(
         stack.enter_context(_reparametrize_module(gm, fake_state))
         stack.enter_context(runner.flops)
         runner.run(torch.empty((batch_size, *inputs.shape), dtype=input_dtype))
+        runner.release()
     return sum(node_cost(n).saved_bytes for n in gm.graph.nodes)
 
 
@@ -137,6 +138,35 @@ def _get_attr(gm: nn.Module, target: str) -> object:
     return value
 
 
+class _SavedBytes:
+    """The pack hook: counts each storage autograd saves once, parameters and buffers apart.
+    It holds no reference to the model: autograd keeps hooks alive from C++, out of reach of
+    Python's cycle collector, so anything the hook refers to could outlive the run."""
+
+    def __init__(self, state_keys: set[int]) -> None:
+        self.state_keys = state_keys
+        self.seen: set[int] = set()
+        self.held: list[torch.Tensor] = []  # keeps saved storages alive so keys stay unique
+        self.counts = {"act": 0, "param": 0}
+
+    def start(self) -> dict[str, int]:
+        self.counts = {"act": 0, "param": 0}
+        return self.counts
+
+    def pack(self, t: torch.Tensor) -> torch.Tensor:
+        key = _storage_key(t)
+        if key not in self.seen:
+            self.seen.add(key)
+            self.held.append(t)
+            kind = "param" if key in self.state_keys else "act"
+            self.counts[kind] += t.untyped_storage().nbytes()
+        return t
+
+
+def _unpack(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
 class _CostInterpreter(fx.Interpreter):
     """Runs each node under saved-tensor hooks and a FLOP counter, writing `NodeCost`s."""
 
@@ -150,17 +180,15 @@ class _CostInterpreter(fx.Interpreter):
         super().__init__(gm)
         self.extra_traceback = False  # our errors already name the node
         self.usage = usage
-        self.state_keys = state_keys
         self.real_state = real_state
         self.flops = FlopCounterMode(display=False)
-        self.seen: set[int] = set()
-        self.held: list[torch.Tensor] = []  # keeps saved storages alive so keys stay unique
+        self.saved = _SavedBytes(state_keys)
 
     def run_node(self, n: fx.Node) -> Any:
-        counts = {"act": 0, "param": 0}
         flops_before = self.flops.get_total_flops()
         measured = False
-        with self._saving(counts):
+        counts = self.saved.start()
+        with torch.autograd.graph.saved_tensors_hooks(self.saved.pack, _unpack):
             try:
                 out = super().run_node(n)
             except Exception as fake_error:
@@ -180,19 +208,10 @@ class _CostInterpreter(fx.Interpreter):
         )
         return out
 
-    @contextmanager
-    def _saving(self, counts: dict[str, int]) -> Iterator[None]:
-        def pack(t: torch.Tensor) -> torch.Tensor:
-            key = _storage_key(t)
-            if key not in self.seen:
-                self.seen.add(key)
-                self.held.append(t)
-                kind = "param" if key in self.state_keys else "act"
-                counts[kind] += t.untyped_storage().nbytes()
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            yield
+    def release(self) -> None:
+        """Drop the fake autograd graph and what it saved once the costs are written."""
+        self.saved.held.clear()
+        self.env.clear()
 
     def _run_real(self, n: fx.Node, fake_error: Exception) -> Any:
         """Fallback for code that cannot run on fake tensors (data-dependent control flow):
@@ -204,7 +223,7 @@ class _CostInterpreter(fx.Interpreter):
                 out = self._call_real(n, real_args, real_kwargs)
             except Exception as real_error:
                 raise _annotation_error(n, real_error) from fake_error
-            self.state_keys.update(_storage_key(t) for t in self.real_state.values())
+            self.saved.state_keys.update(_storage_key(t) for t in self.real_state.values())
         mode = _fake_mode_of(args) or FakeTensorMode(allow_non_fake_inputs=True)
         return pytree.tree_map(lambda v: self._to_fake(mode, v), out)
 
@@ -215,9 +234,9 @@ class _CostInterpreter(fx.Interpreter):
         fake = mode.from_tensor(value.detach())
         if value.is_floating_point():
             fake.requires_grad_(value.requires_grad)
-        if _storage_key(value) in self.seen:
-            self.seen.add(_storage_key(fake))
-            self.held.append(fake)
+        if _storage_key(value) in self.saved.seen:
+            self.saved.seen.add(_storage_key(fake))
+            self.saved.held.append(fake)
         return fake
 
     def _call_real(self, n: fx.Node, args: Any, kwargs: Any) -> Any:

@@ -70,3 +70,20 @@ def test_module_state_untouched_by_annotation() -> None:
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert all(type(p) is torch.nn.Parameter for p in model.parameters())
+
+
+def test_annotation_does_not_keep_the_model_alive() -> None:
+    """Regression: the zoo run was killed for memory (24 GiB after 65 models): saved-tensor
+    hooks are held by autograd from C++, and the hook referred to the interpreter, so every
+    annotated model stayed alive."""
+    import gc
+    import weakref
+
+    model = torchvision.models.resnet18()
+    from splitter.annotate import annotate
+
+    annotate(trace(model).graph("train"), InputSpec((3, 32, 32), torch.float32), 2)
+    alive = weakref.ref(model.conv1.weight)
+    del model
+    gc.collect()
+    assert alive() is None
