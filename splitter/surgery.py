@@ -49,6 +49,12 @@ class Block(nn.Module):
     def forward(self, *args: Any) -> Any:
         return self._compiled["train" if self.training else "eval"](*args)
 
+    def _apply(self, fn: Any, recurse: bool = True) -> Block:
+        # `.to()` and friends replace buffers: regenerate the graphs' references to them.
+        super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
+        self.recompile()
+        return self
+
     def code(self, mode: Mode = "train") -> str:
         return self._compiled[mode].code
 
@@ -121,21 +127,22 @@ def _split_graph(gm: fx.GraphModule, cut_nodes: Sequence[str]) -> list[fx.Graph]
     position = {n.name: i for i, n in enumerate(nodes)}
     data = set(data_graph(gm.graph).nodes)
     bounds = [-1, *(position[c] for c in cut_nodes), len(nodes) - 1]
+    live = _live(nodes)
     return [
-        _block_graph(nodes, data, bounds[k], bounds[k + 1], last=k == len(cut_nodes))
+        _block_graph(nodes, data, live, bounds[k], bounds[k + 1], last=k == len(cut_nodes))
         for k in range(len(cut_nodes) + 1)
     ]
 
 
 def _block_graph(
-    nodes: list[fx.Node], data: set[object], lo: int, hi: int, *, last: bool
+    nodes: list[fx.Node], data: set[object], live: set[fx.Node], lo: int, hi: int, *, last: bool
 ) -> fx.Graph:
-    """The nodes in (lo, hi]; block input is the value of node `lo` (or the placeholders)."""
+    """The nodes in (lo, hi]; block input is the value of node `lo` (or the placeholders).
+    A dead node that reads a value from before the cut is dropped; a live one is an error."""
     graph = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
     if lo >= 0:
         env[nodes[lo]] = graph.placeholder("x")
-    live = _live(nodes)
 
     def lookup(arg: fx.Node) -> fx.Node:
         if arg not in env:
