@@ -136,3 +136,13 @@ def test_verify_reports_parameters_no_block_trains() -> None:
     cuts = cuts_of(analysis, "tanh")
     result = check(analysis, split(analysis.traced, cuts, "sync"), cuts)
     assert result.untrained == ["head.weight (not used by the forward)"] and not result.ok
+
+
+def test_blocks_follow_dtype_and_device_moves() -> None:
+    """A block's graphs must see the tensors `.to()` puts in place of its buffers and params."""
+    analysis = analyze(str(EXAMPLES / "tiny_vit" / "model.py"))
+    surgery = split(analysis.traced, cuts_of(analysis, "blocks.1"))
+    chain = surgery.chain().double().eval()
+    x = torch.rand(2, 3, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        assert torch.equal(chain(x), analysis.target.double().eval()(x))
