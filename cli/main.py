@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from cli.options import (
     BatchSize,
@@ -57,7 +58,7 @@ def _run(fn: Callable[[], Any]) -> Any:
     try:
         return fn()
     except SplitterError as e:
-        stderr.print(f"[bold red]error:[/] {e}", highlight=False, markup=True, soft_wrap=True)
+        stderr.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         raise typer.Exit(e.exit_code) from None
 
 
@@ -78,10 +79,10 @@ def _model_and_spec(first: str, second: str | None) -> tuple[str | None, str]:
 
 def _print_notes(report: dict[str, Any]) -> None:
     for note in report["warnings"]:
-        stderr.print(f"[yellow]warning:[/] {note}", highlight=False, soft_wrap=True)
+        stderr.print(f"[yellow]warning:[/] {escape(note)}", highlight=False, soft_wrap=True)
     for item in report.get("leafed", []):
         stderr.print(
-            f"[yellow]leafed {item['kind']}[/] `{item['fqn']}`: {item['reason']}",
+            f"[yellow]leafed {item['kind']}[/] `{item['fqn']}`: {escape(item['reason'])}",
             highlight=False,
             soft_wrap=True,
         )

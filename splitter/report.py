@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from splitter.analysis import Analysis
@@ -109,11 +110,11 @@ def mib(n: int) -> str:
 
 def table(title: str, columns: list[str], rows: list[list[str]]) -> Table:
     """A rich table; columns whose name starts with `>` are right-aligned."""
-    out = Table(title=title, title_justify="left")
+    out = Table(title=escape(title), title_justify="left")
     for col in columns:
         out.add_column(col.lstrip(">"), justify="right" if col.startswith(">") else "left")
     for row in rows:
-        out.add_row(*row)
+        out.add_row(*(escape(cell) for cell in row))
     return out
 
 
@@ -238,4 +239,4 @@ def render_verification(report: dict[str, Any], console: Console) -> None:
     lines += [f"trained by more than one block: {n}" for n in report["multiply_trained"]]
     lines.append("all checks passed" if report["ok"] else "verification FAILED")
     for line in lines:
-        console.print(line, highlight=False)
+        console.print(line, highlight=False, markup=False)

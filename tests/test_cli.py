@@ -95,3 +95,12 @@ def test_cli_surface() -> None:
                    "--precision", "--leaf", "--format"):
         assert option in result.stdout
     assert CliRunner().invoke(app, ["--version"]).stdout.startswith("splitter ")
+
+
+def test_messages_with_brackets_print_verbatim(cli: CliRunner, tmp_path: Path) -> None:
+    """Regression: rich read `[...]` in a message as markup and dropped it."""
+    model = tmp_path / "net.py"
+    model.write_text("def build_model():\n    raise ValueError('widths [16, 32] need [bold] care')\n")
+    result = cli.invoke(app, ["inspect", str(model)])
+    assert result.exit_code == 1
+    assert "widths [16, 32] need [bold] care" in " ".join(result.stderr.split())
