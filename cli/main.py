@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -22,6 +25,7 @@ from cli.options import (
     PrecisionOpt,
     model_options,
 )
+from schemas import load_spec
 from splitter.errors import SplitterError, UsageError
 
 app = typer.Typer(
@@ -33,7 +37,7 @@ app = typer.Typer(
 )
 # Piped output (CI logs, `| less`) gets wide tables instead of rich's 80-column default.
 stdout = Console(soft_wrap=False, width=None if sys.stdout.isatty() else 160)
-stderr = Console(stderr=True)
+stderr = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 def _version(value: bool) -> None:
@@ -75,6 +79,48 @@ def _model_and_spec(first: str, second: str | None) -> tuple[str | None, str]:
     if first.endswith((".yaml", ".yml")):
         return None, first
     raise UsageError(f"`{first}` is not a spec file; pass `[MODEL] SPEC` with SPEC a .yaml file")
+
+
+def _check_choices(**given: str | None) -> None:
+    allowed = {
+        "balance": ("memory", "flops", "params", "units"),
+        "aux": ("linear", "conv", "momentum", "infopro", "augmented", "mlaan"),
+        "optimizer": ("sgd", "adamw"),
+    }
+    for name, value in given.items():
+        if value is not None and value not in allowed[name]:
+            raise UsageError(
+                f"--{name} `{value}` is unknown; use one of {', '.join(allowed[name])}"
+            )
+
+
+def _spec_model(spec: str | None) -> str:
+    from splitter.plan import spec_model_ref
+
+    if spec is None:
+        raise UsageError("pass MODEL, or --spec with a spec that sets `model.ref`")
+    return spec_model_ref(spec)
+
+
+def _writable(output: str | None, force: bool) -> Path | None:
+    if output is None:
+        return None
+    path = Path(output)
+    if path.exists() and not force:
+        raise UsageError(
+            f"-o `{output}` exists; pass --force to overwrite it, or choose another file"
+        )
+    if path.is_dir():
+        raise UsageError(f"-o `{output}` is a folder; name a .yaml file")
+    return path
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write beside the target, then rename: a failure never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
+        tmp.write(text)
+    os.replace(tmp.name, path)
 
 
 def _print_notes(report: dict[str, Any]) -> None:
@@ -161,6 +207,75 @@ def verify(
     _emit(report, fmt, render_verification)
     if not report["ok"]:
         raise typer.Exit(1)
+
+
+@app.command()
+def partition(
+    model: Annotated[
+        str | None, typer.Argument(help="MODEL (optional with --spec that has model.ref).")
+    ] = None,
+    blocks: Annotated[int | None, typer.Option(min=1, help="Number of blocks K.")] = None,
+    budget: Annotated[
+        str | None, typer.Option(help="Memory budget (8GiB, 512MiB, 8GB, bytes): fewest blocks.")
+    ] = None,
+    balance: Annotated[str, typer.Option(help="memory, flops, params or units.")] = "memory",
+    aux: Annotated[
+        str | None,
+        typer.Option(help="Auxiliary kind for the cost (default: the spec's, else momentum)."),
+    ] = None,
+    optimizer: Annotated[
+        str | None, typer.Option(help="sgd or adamw (default: the spec's).")
+    ] = None,
+    spec: Annotated[
+        str | None, typer.Option(help="Start from this spec (aux, training, model).")
+    ] = None,
+    output: Annotated[
+        str | None, typer.Option("-o", "--output", help="Write the spec here.")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing -o file.")] = False,
+    model_arg: ModelArg = None,
+    input_shape: InputShape = None,
+    input_dtype: InputDtype = None,
+    batch_size: BatchSize = None,
+    precision: PrecisionOpt = None,
+    leaf: Leaf = None,
+    fmt: Format = "table",
+) -> None:
+    """Choose the cuts that let local training fit in the least memory; write the spec."""
+    from splitter.partitioner import partition as run_partition
+    from splitter.report import partition_report, render_partition
+    from splitter.specwriter import spec_yaml
+
+    def build() -> dict[str, Any]:
+        _check_format(fmt)
+        _check_choices(balance=balance, aux=aux, optimizer=optimizer)
+        options = model_options(model_arg, input_shape, input_dtype, batch_size, precision, leaf)
+        ref = model or _spec_model(spec)
+        target = _writable(output, force)
+        part = run_partition(
+            ref,
+            blocks=blocks,
+            budget=budget,
+            balance=balance,  # type: ignore[arg-type]  # checked by _check_choices
+            aux=aux,
+            optimizer=optimizer,
+            spec=spec,
+            options=options,
+        )
+        loaded = load_spec(spec).spec if spec else None
+        text = spec_yaml(part, loaded, aux, optimizer)
+        if target is not None:
+            _write_atomically(target, text)
+        return partition_report(part, text, str(target) if target else None)
+
+    report = _run(build)
+    _print_notes(report)
+    if fmt == "json":
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+        return
+    render_partition(report, stderr if output is None else stdout)
+    if output is None:
+        sys.stdout.write(report["spec_yaml"])
 
 
 @app.command()

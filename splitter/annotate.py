@@ -38,6 +38,12 @@ class NodeCost:
     buffer_bytes: int
     flops: int
     measured: bool
+    storage: int = 0
+    """An id of the output's storage (0 when the output is not a tensor)."""
+    out_bytes: int = 0
+    """Bytes of the output's storage."""
+    saves: tuple[int, ...] = ()
+    """Ids of every activation storage this node saves, first saved here or not."""
 
 
 def node_cost(node: fx.Node) -> NodeCost:
@@ -148,13 +154,17 @@ class _SavedBytes:
         self.seen: set[int] = set()
         self.held: list[torch.Tensor] = []  # keeps saved storages alive so keys stay unique
         self.counts = {"act": 0, "param": 0}
+        self.saves: list[int] = []
 
     def start(self) -> dict[str, int]:
         self.counts = {"act": 0, "param": 0}
+        self.saves = []
         return self.counts
 
     def pack(self, t: torch.Tensor) -> torch.Tensor:
         key = _storage_key(t)
+        if key not in self.state_keys and key not in self.saves:
+            self.saves.append(key)
         if key not in self.seen:
             self.seen.add(key)
             self.held.append(t)
@@ -195,9 +205,12 @@ class _CostInterpreter(fx.Interpreter):
                 out = self._run_real(n, fake_error)
                 measured = True
         params, param_bytes, buffer_bytes = self.usage[n]
+        tensor = isinstance(out, torch.Tensor)
+        if tensor:
+            self.saved.held.append(out)  # keeps its storage id unique until the run ends
         n.meta[META_KEY] = NodeCost(
-            shape=tuple(out.shape) if isinstance(out, torch.Tensor) else None,
-            dtype=str(out.dtype).removeprefix("torch.") if isinstance(out, torch.Tensor) else None,
+            shape=tuple(out.shape) if tensor else None,
+            dtype=str(out.dtype).removeprefix("torch.") if tensor else None,
             saved_bytes=counts["act"],
             saved_param_bytes=counts["param"],
             params=params,
@@ -205,6 +218,9 @@ class _CostInterpreter(fx.Interpreter):
             buffer_bytes=buffer_bytes,
             flops=self.flops.get_total_flops() - flops_before,
             measured=measured,
+            storage=_storage_key(out) if tensor else 0,
+            out_bytes=out.untyped_storage().nbytes() if tensor else 0,
+            saves=tuple(self.saved.saves),
         )
         return out
 

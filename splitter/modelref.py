@@ -11,15 +11,18 @@ import math
 import re
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
 
 from splitter.errors import ModelLoadError, UsageError
+
+if TYPE_CHECKING:
+    from schemas import SplitSpec
 
 Precision = Literal["fp32", "bf16", "fp16"]
 PRECISIONS: tuple[Precision, ...] = ("fp32", "bf16", "fp16")
@@ -343,3 +346,26 @@ def _warn_disagreement(
             f"--input-dtype {options.input_dtype} overrides the dtype "
             f"{str(example.dtype).removeprefix('torch.')} of example_inputs()"
         )
+
+
+def merge_options(cli: ModelOptions, spec: SplitSpec) -> tuple[ModelOptions, list[str]]:
+    """Each model setting from the command line, else the spec (DESIGN 1.1)."""
+    section, notes = spec.model, []
+    shape = tuple(section.input_shape) if section.input_shape else None
+    if cli.input_shape and shape and cli.input_shape != shape:
+        notes.append(f"--input-shape overrides the spec's model.input_shape {list(shape)}")
+    if cli.input_dtype and section.input_dtype and cli.input_dtype != section.input_dtype:
+        notes.append(f"--input-dtype overrides the spec's model.input_dtype {section.input_dtype}")
+    explicit = spec.training.model_fields_set
+    batch = spec.training.batch_size if "batch_size" in explicit else None
+    precision = spec.training.precision if "precision" in explicit else None
+    merged = replace(
+        cli,
+        model_args={**section.kwargs, **cli.model_args},
+        input_shape=cli.input_shape or shape,
+        input_dtype=cli.input_dtype or section.input_dtype,
+        batch_size=cli.batch_size or batch,
+        precision=cli.precision or precision,
+        leaves=(*spec.trace.leaf_modules, *cli.leaves),
+    )
+    return merged, notes

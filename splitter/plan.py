@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch.fx as fx
@@ -16,7 +16,7 @@ from splitter.analysis import Analysis, analyze
 from splitter.annotate import node_cost
 from splitter.cuts import CutPoint, data_graph, modules_finishing, node_paths
 from splitter.errors import SpecError, SplitterError, UsageError
-from splitter.modelref import ModelOptions, split_file_ref
+from splitter.modelref import ModelOptions, merge_options, split_file_ref
 from splitter.surgery import Surgery, split
 
 Problem = tuple[tuple[str | int, ...], str]
@@ -39,21 +39,32 @@ def load_plan(model: str | None, spec_path: str, options: ModelOptions) -> Plan:
         loaded = load_spec(spec_path)
     except SpecError as error:
         raise _with_cut_problems(error, model, spec_path, options) from None
-    ref = model or _relative_to(spec_path, loaded.spec.model.ref)
-    if not ref:
-        raise UsageError(
-            f"no MODEL given and `{spec_path}` has no `model.ref`; pass MODEL "
-            "(e.g. `examples/resnet_cifar/model.py`) or set `model.ref` in the spec"
-        )
+    ref = model or spec_model_ref(spec_path, loaded)
     merged, notes = merge_options(options, loaded.spec)
     analysis = analyze(
         ref, merged, root=loaded.spec.model.root, auto_leaf=loaded.spec.trace.auto_leaf
     )
     analysis.model.warnings.extend(notes)
+    return plan_for(analysis, loaded)
+
+
+def plan_for(analysis: Analysis, loaded: LoadedSpec) -> Plan:
+    """Check a loaded spec against an analysed model and cut it into blocks."""
     cuts = check_spec(loaded, analysis)
-    return Plan(
-        analysis, loaded, cuts, split(analysis.traced, cuts, loaded.spec.partition.shared_params)
-    )
+    surgery = split(analysis.traced, cuts, loaded.spec.partition.shared_params)
+    return Plan(analysis, loaded, cuts, surgery)
+
+
+def spec_model_ref(spec_path: str, loaded: LoadedSpec | None = None) -> str:
+    """The spec's `model.ref` (a file found beside the spec when not in the working folder)."""
+    loaded = loaded or load_spec(spec_path)
+    ref = _relative_to(spec_path, loaded.spec.model.ref)
+    if not ref:
+        raise UsageError(
+            f"no MODEL given and `{spec_path}` has no `model.ref`; pass MODEL "
+            "(e.g. `examples/resnet_cifar/model.py`) or set `model.ref` in the spec"
+        )
+    return ref
 
 
 def _with_cut_problems(
@@ -96,29 +107,6 @@ def _relative_to(spec_path: str, ref: str | None) -> str | None:
     return str(beside) if attr == "build_model" else f"{beside}:{attr}"
 
 
-def merge_options(cli: ModelOptions, spec: SplitSpec) -> tuple[ModelOptions, list[str]]:
-    """Each model setting from the command line, else the spec (DESIGN 1.1)."""
-    section, notes = spec.model, []
-    shape = tuple(section.input_shape) if section.input_shape else None
-    if cli.input_shape and shape and cli.input_shape != shape:
-        notes.append(f"--input-shape overrides the spec's model.input_shape {list(shape)}")
-    if cli.input_dtype and section.input_dtype and cli.input_dtype != section.input_dtype:
-        notes.append(f"--input-dtype overrides the spec's model.input_dtype {section.input_dtype}")
-    explicit = spec.training.model_fields_set
-    batch = spec.training.batch_size if "batch_size" in explicit else None
-    precision = spec.training.precision if "precision" in explicit else None
-    merged = replace(
-        cli,
-        model_args={**section.kwargs, **cli.model_args},
-        input_shape=cli.input_shape or shape,
-        input_dtype=cli.input_dtype or section.input_dtype,
-        batch_size=cli.batch_size or batch,
-        precision=cli.precision or precision,
-        leaves=(*spec.trace.leaf_modules, *cli.leaves),
-    )
-    return merged, notes
-
-
 def check_spec(loaded: LoadedSpec, analysis: Analysis) -> list[CutPoint]:
     """Every problem of the spec against this model, reported together; the resolved cuts."""
     spec = loaded.spec
@@ -134,31 +122,38 @@ def check_spec(loaded: LoadedSpec, analysis: Analysis) -> list[CutPoint]:
     blocks = (auto.blocks or 0) if auto is not None else len(spec.partition.cuts or []) + 1
     problems += _aux_problems(spec, blocks)
     problems += _output_problems(spec, analysis)
+    if not problems and auto is not None:
+        cuts = _auto_cuts(spec, analysis)
+        problems += _aux_problems(spec, len(cuts) + 1)
     if problems:
         raise SpecError([loaded.problem(path, message) for path, message in problems])
     return cuts
 
 
-def _auto_problems(spec: SplitSpec, legal: int) -> list[Problem]:
+def _auto_cuts(spec: SplitSpec, analysis: Analysis) -> list[CutPoint]:
+    """`partition.auto`: the partitioner's cuts for the spec's auxiliaries and optimizer."""
+    from splitter.partitioner import partition_blocks, partition_budget, settings_from
+
     auto = spec.partition.auto
     assert auto is not None
-    problems: list[Problem] = [
+    settings = settings_from(spec, None, None)
+    if auto.blocks:
+        return partition_blocks(analysis, auto.blocks, settings, auto.balance).cuts
+    assert auto.budget is not None
+    return partition_budget(analysis, auto.budget, settings, auto.balance).cuts
+
+
+def _auto_problems(spec: SplitSpec, legal: int) -> list[Problem]:
+    auto = spec.partition.auto
+    if auto is None or not auto.blocks or auto.blocks <= legal + 1:
+        return []
+    return [
         (
-            ("partition", "auto"),
-            "`partition.auto` needs the automatic partitioner, which this version of splitter does "
-            "not have yet; list the cuts under `partition.cuts` (`splitter inspect MODEL` lists "
-            "the legal ones)",
+            ("partition", "auto", "blocks"),
+            f"{auto.blocks} blocks need {auto.blocks - 1} cuts but the model has {legal} legal "
+            f"cuts; use at most {legal + 1} blocks",
         )
     ]
-    if auto.blocks and auto.blocks > legal + 1:
-        problems.append(
-            (
-                ("partition", "auto", "blocks"),
-                f"{auto.blocks} blocks need {auto.blocks - 1} cuts but the model has {legal} legal "
-                f"cuts; use at most {legal + 1} blocks",
-            )
-        )
-    return problems
 
 
 def _aux_problems(spec: SplitSpec, blocks: int) -> list[Problem]:

@@ -10,7 +10,9 @@ from rich.table import Table
 
 from splitter.analysis import Analysis
 from splitter.annotate import NodeCost, node_cost
+from splitter.costs import BlockCost
 from splitter.cuts import units
+from splitter.partitioner import Partition, evaluate, settings_from
 from splitter.plan import Plan
 from splitter.verify import Verification
 
@@ -41,6 +43,7 @@ def inspect_report(analysis: Analysis, plan: Plan | None = None) -> dict[str, An
         "units": [u.__dict__ for u in units(gm, analysis.cuts.cuts, block_ends)],
         "blocks": _block_rows(gm, costs, plan),
         "warnings": list(model.warnings),
+        **(_plan_costs(plan) if plan else {}),
     }
 
 
@@ -49,6 +52,7 @@ def _block_rows(gm: Any, costs: list[NodeCost], plan: Plan | None) -> list[dict[
     cuts = plan.cuts if plan else []
     bounds = [-1, *(c.index for c in cuts), len(nodes) - 1]
     names = ["input", *(c.name for c in cuts), "output"]
+    variable = [b.variable_bytes for b in _plan_partition(plan).blocks] if plan else []
     rows = []
     for k in range(len(bounds) - 1):
         span = costs[bounds[k] + 1 : bounds[k + 1] + 1]
@@ -64,6 +68,7 @@ def _block_rows(gm: Any, costs: list[NodeCost], plan: Plan | None) -> list[dict[
             "out_shape": list(out_shape) if out_shape else None,
         }
         if plan:
+            row["variable_bytes"] = variable[k]
             row["params"] = sum(p.numel() for p in plan.surgery.blocks[k].parameters())
             row["param_bytes"] = sum(
                 p.numel() * p.element_size() for p in plan.surgery.blocks[k].parameters()
@@ -71,6 +76,15 @@ def _block_rows(gm: Any, costs: list[NodeCost], plan: Plan | None) -> list[dict[
             row["aux"] = aux_kind(plan, k)
         rows.append(row)
     return rows
+
+
+def _plan_costs(plan: Plan) -> dict[str, Any]:
+    return cost_fields(_plan_partition(plan))
+
+
+def _plan_partition(plan: Plan) -> Partition:
+    settings = settings_from(plan.spec.spec, None, None)
+    return evaluate(plan.analysis, plan.cuts, settings)
 
 
 def aux_kind(plan: Plan, index: int) -> str:
@@ -240,3 +254,94 @@ def render_verification(report: dict[str, Any], console: Console) -> None:
     lines.append("all checks passed" if report["ok"] else "verification FAILED")
     for line in lines:
         console.print(line, highlight=False, markup=False)
+
+
+def _block_cost_row(index: int, names: list[str], block: BlockCost) -> dict[str, Any]:
+    return {
+        "index": index,
+        "start": names[index],
+        "end": names[index + 1],
+        "variable_bytes": block.variable_bytes,
+        "activation_bytes": block.activation_bytes,
+        "aux_activation_bytes": block.aux_activation_bytes,
+        "grad_bytes": block.grad_bytes,
+        "param_bytes": block.param_bytes,
+        "params": block.params,
+        "flops": block.flops,
+        "units": block.units,
+    }
+
+
+def cost_fields(part: Partition) -> dict[str, Any]:
+    """The partitioner's totals: `fixed_bytes`, `local_peak_bytes`, `e2e_peak_bytes`."""
+    return {
+        "fixed_bytes": part.fixed_bytes,
+        "local_peak_bytes": part.local_peak_bytes,
+        "e2e_peak_bytes": part.e2e_peak_bytes,
+        "saving": part.saving,
+    }
+
+
+def partition_report(part: Partition, text: str, written: str | None) -> dict[str, Any]:
+    """The fields of `splitter partition --format json`."""
+    names = ["input", *(c.name for c in part.cuts), "output"]
+    settings = part.settings
+    return {
+        "model": part.analysis.model.ref,
+        "root": part.analysis.root,
+        "batch_size": part.analysis.model.batch_size,
+        "precision": part.analysis.model.precision,
+        "balance": part.balance,
+        "aux": settings.aux.default.kind,
+        "optimizer": settings.optimizer.name,
+        "optimizer_scope": settings.scope,
+        "cuts": [c.name for c in part.cuts],
+        "blocks": [_block_cost_row(k, names, b) for k, b in enumerate(part.blocks)],
+        **cost_fields(part),
+        "spec_yaml": text,
+        "written": written,
+        "warnings": list(part.analysis.model.warnings),
+    }
+
+
+def render_partition(report: dict[str, Any], console: Console) -> None:
+    """Each block's cost, then the e2e peak, the local peak and the saving."""
+    rows = [
+        [
+            str(b["index"]),
+            b["start"],
+            b["end"],
+            mib(b["variable_bytes"]),
+            mib(b["activation_bytes"]),
+            mib(b["aux_activation_bytes"]),
+            mib(b["grad_bytes"]),
+            f"{b['params']:,}",
+            f"{b['flops'] / 1e9:,.2f}",
+        ]
+        for b in report["blocks"]
+    ]
+    columns = [
+        ">#",
+        "start",
+        "end",
+        ">variable MiB",
+        ">activations",
+        ">auxiliary",
+        ">gradients",
+        ">params",
+        ">GFLOPs",
+    ]
+    title = (
+        f"partition of {report['model']}: {len(report['blocks'])} blocks by "
+        f"{report['balance']} (aux {report['aux']}, {report['optimizer']})"
+    )
+    console.print(table(title, columns, rows))
+    for label, key in [
+        ("fixed part", "fixed_bytes"),
+        ("e2e peak", "e2e_peak_bytes"),
+        ("local peak", "local_peak_bytes"),
+    ]:
+        console.print(f"{label}: {mib(report[key])} MiB", highlight=False, markup=False)
+    console.print(f"saving: {report['saving']:.1%}", highlight=False, markup=False)
+    if report["written"]:
+        console.print(f"spec written to {report['written']}", highlight=False, markup=False)

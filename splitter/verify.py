@@ -102,7 +102,7 @@ def verify(
     untrained, multiple = _coverage(target, surgery.blocks, grads, sync)
     return Verification(
         blocks=checks,
-        output_equal_eval=_tree_equal(eval_outs[-1], eager_eval),
+        output_equal_eval=tree_equal(eval_outs[-1], eager_eval),
         output_rel_diff_train=_rel_diff(train_outs[-1], eager_train),
         untrained=untrained,
         multiply_trained=multiple,
@@ -176,7 +176,9 @@ def _local_backwards(blocks: Sequence[Block], x: torch.Tensor) -> list[dict[int,
         for p in params:
             p.grad = None
         inp = x if k == 0 else attached[k - 1].detach()
-        torch.autograd.backward(_surrogate_loss(block(inp)))
+        loss = _surrogate_loss(block(inp))
+        if loss.requires_grad:  # a block without parameters has nothing to train
+            torch.autograd.backward(loss)
         got = {id(p): p.grad is not None for p in params}
         got[-1] = k > 0 and attached[k - 1].grad is not None
         results.append(got)
@@ -209,7 +211,7 @@ def _block_check(
         start=block.start,
         end=block.end,
         params=sum(p.numel() for p in block.parameters()),
-        eval_equal=_tree_equal(eval_out, eval_ref),
+        eval_equal=tree_equal(eval_out, eval_ref),
         train_rel_diff=_rel_diff(train_out, train_ref),
         isolated=not leaked,
         input_grad_free=not grads.get(-1, False),
@@ -275,10 +277,11 @@ def _whole_model_equal(whole: tuple[nn.Module, str, torch.Tensor], surgery: Surg
                 chained = model(x)
     finally:
         model.train(training)
-    return _tree_equal(chained, original)
+    return tree_equal(chained, original)
 
 
-def _tree_equal(a: Any, b: Any) -> bool:
+def tree_equal(a: Any, b: Any) -> bool:
+    """Same structure, and every tensor equal (`torch.equal`)."""
     la, lb = pytree.tree_leaves(a), pytree.tree_leaves(b)
     return len(la) == len(lb) and all(
         torch.equal(x, y) if isinstance(x, torch.Tensor) else x == y

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from cli.main import app
 from schemas import json_schema
 from splitter.analysis import analyze
-from splitter.errors import SpecError
+from splitter.errors import SpecError, SplitterError
 from splitter.modelref import ModelOptions
 from splitter.plan import load_plan
 from splitter.verify import verify_plan
@@ -82,10 +82,19 @@ def test_all_problems_are_reported_together(tmp_path: Path) -> None:
     assert "no `kind`" in problems[2] and "`training`" in problems[3]
 
 
-def test_auto_partition_is_not_there_yet(tmp_path: Path) -> None:
+def test_auto_partition_in_the_spec(tmp_path: Path) -> None:
     spec = write(tmp_path, "version: 1\npartition:\n  auto: {blocks: 4, balance: memory}\n")
-    with pytest.raises(SpecError, match=r"line 3.*partition\.auto.*not have yet.*partition\.cuts"):
-        load_plan(CIFAR, spec, SMALL)
+    plan = load_plan(CIFAR, spec, SMALL)
+    assert len(plan.cuts) == 3 and len(plan.surgery.blocks) == 4
+    assert verify_plan(plan).ok
+
+
+def test_auto_budget_in_the_spec(tmp_path: Path) -> None:
+    spec = write(tmp_path, "version: 1\npartition:\n  auto: {budget: 1GiB}\n")
+    assert len(load_plan(CIFAR, spec, SMALL).cuts) == 0  # it fits in one block
+    tiny = write(tmp_path, "version: 1\npartition:\n  auto: {budget: 1KiB}\n")
+    with pytest.raises(SplitterError, match=r"no partition fits the budget.*best local peak"):
+        load_plan(CIFAR, tiny, SMALL)
 
 
 def test_smallest_spec_verifies_as_written(tmp_path: Path) -> None:

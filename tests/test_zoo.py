@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
 import torchvision
 
-from splitter.analysis import analyze
+from schemas import parse_spec
+from splitter.analysis import Analysis, analyze
+from splitter.errors import SplitterError
+from splitter.plan import plan_for
+from splitter.verify import tree_equal, verify_plan
 from splitter.modelref import ModelOptions
 
 pytestmark = [pytest.mark.zoo, pytest.mark.filterwarnings("ignore::FutureWarning")]
@@ -32,31 +35,18 @@ TIMM = [
 ]
 
 
-def check(ref: str, options: ModelOptions) -> None:
-    analysis = analyze(ref, options)
+def check(ref: str, options: ModelOptions, root: str | None = None) -> Analysis:
+    """Traced, annotated, with legal cuts, and the traced eval graph computes the model."""
+    analysis = analyze(ref, options, root=root)
     assert analysis.total_activation_bytes > 0
     assert analysis.cuts.cuts, f"{ref}: no legal cut"
-    model = analysis.model.module.eval()
-    x = analysis.model.input.batch(1)
+    model = analysis.target.eval()
+    x = analysis.target_input.batch(1)
     with torch.no_grad():
         traced, eager = analysis.traced.graph("eval")(x), model(x)
-    assert torch.equal(traced, eager)
-
-
-@pytest.mark.parametrize("name", TORCHVISION)
-def test_torchvision(name: str) -> None:
-    size = SMALLEST.get(name, 32)
-    check(f"torchvision:{name}", ModelOptions(batch_size=2, input_shape=(3, size, size)))
-
-
-@pytest.mark.skipif(importlib.util.find_spec("timm") is None, reason="timm not installed")
-@pytest.mark.parametrize("name", TIMM)
-def test_timm(name: str) -> None:
-    check(f"timm:{name}", ModelOptions(batch_size=2))
-
-
-def test_the_zoo_is_complete() -> None:
-    assert len(TORCHVISION) == 80
+    assert tree_equal(traced, eager)
+    model.train()
+    return analysis
 
 
 def evenly_spaced(names: list[str], count: int = 4) -> list[str]:
@@ -65,26 +55,45 @@ def evenly_spaced(names: list[str], count: int = 4) -> list[str]:
     return [names[i] for i in picks]
 
 
-def verify_with_cuts(ref: str, size: int, tmp_path: Path, root: str | None = None) -> None:
-    from splitter.plan import load_plan
-    from splitter.verify import verify_plan
-
-    options = ModelOptions(batch_size=2, input_shape=(3, size, size))
-    analysis = analyze(ref, options, root=root)
-    cuts = evenly_spaced([c.name for c in analysis.cuts.cuts])
-    spec = tmp_path / "spec.yaml"
+def verified(analysis: Analysis, partition: str, root: str | None = None) -> list[str]:
+    """Verify the spec `version: 1, partition: <partition>` on the analysed model."""
     root_line = f"model: {{root: {root}}}\n" if root else ""
-    spec.write_text(f"version: 1\n{root_line}partition:\n  cuts: {json.dumps(cuts)}\n")
-    result = verify_plan(load_plan(ref, str(spec), options), batch_size=2)
-    assert result.ok, result
+    loaded = parse_spec(f"version: 1\n{root_line}partition: {partition}\n")
+    plan = plan_for(analysis, loaded)
+    result = verify_plan(plan, batch_size=2)
+    assert result.ok, (partition, result)
+    return [c.name for c in plan.cuts]
 
 
 @pytest.mark.parametrize("name", TORCHVISION)
-def test_torchvision_verifies_with_four_cuts(name: str, tmp_path: Path) -> None:
-    verify_with_cuts(f"torchvision:{name}", SMALLEST.get(name, 32), tmp_path)
+def test_torchvision(name: str) -> None:
+    """Traces and annotates; 4 evenly spaced legal cuts verify; the partitioner's K = 2, 4
+    and 8 blocks (or as many as the legal cuts allow, said so) verify."""
+    size = SMALLEST.get(name, 32)
+    analysis = check(f"torchvision:{name}", ModelOptions(batch_size=2, input_shape=(3, size, size)))
+    cuts = evenly_spaced([c.name for c in analysis.cuts.cuts])
+    verified(analysis, "{cuts: %s}" % json.dumps(cuts))
+    for blocks in (2, 4, 8):
+        if blocks > len(analysis.cuts.cuts) + 1:
+            with pytest.raises(SplitterError, match=r"use at most \d+ blocks"):
+                verified(analysis, f"{{auto: {{blocks: {blocks}}}}}")
+            continue
+        assert len(verified(analysis, f"{{auto: {{blocks: {blocks}}}}}")) == blocks - 1
 
 
-def test_detection_backbone_verifies_as_root(tmp_path: Path) -> None:
-    verify_with_cuts(
-        "torchvision:fasterrcnn_mobilenet_v3_large_fpn", 224, tmp_path, root="backbone.body"
-    )
+@pytest.mark.skipif(importlib.util.find_spec("timm") is None, reason="timm not installed")
+@pytest.mark.parametrize("name", TIMM)
+def test_timm(name: str) -> None:
+    check(f"timm:{name}", ModelOptions(batch_size=2))
+
+
+def test_detection_backbone_verifies_as_root() -> None:
+    ref = "torchvision:fasterrcnn_mobilenet_v3_large_fpn"
+    options = ModelOptions(batch_size=2, input_shape=(3, 224, 224))
+    analysis = check(ref, options, root="backbone.body")
+    cuts = evenly_spaced([c.name for c in analysis.cuts.cuts])
+    verified(analysis, "{cuts: %s}" % json.dumps(cuts), root="backbone.body")
+
+
+def test_the_zoo_is_complete() -> None:
+    assert len(TORCHVISION) == 80

@@ -1,0 +1,344 @@
+"""The memory cost of local training (DESIGN 1.5): a fixed part, and a variable part per block.
+
+On one device every block's parameters and optimizer state stay resident (the fixed part); while
+block k trains, its saved activations, its auxiliary's saved activations and their parameter
+gradients come and go (the variable part). The local peak is `fixed + max_k variable_k`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property, partial
+from typing import Literal, cast
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from schemas.auxiliary import AugmentedAux, ConvAux, InfoProAux, LinearAux, MomentumAux
+from schemas.spec import AuxSection, OptimizerConfig
+from splitter.analysis import Analysis
+from splitter.annotate import NodeCost, annotate, node_cost
+from splitter.errors import SplitterError
+from splitter.heads import ConvHead, InfoProDecoder, Layout, LinearHead, infer_layout
+from splitter.modelref import InputSpec, Precision
+from splitter.trace import trace
+
+Balance = Literal["memory", "flops", "params", "units"]
+Scope = Literal["block", "global"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the cost depends on besides the model: auxiliaries and optimizer."""
+
+    aux: AuxSection = field(default_factory=AuxSection)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scope: Scope = "block"
+
+
+@dataclass(frozen=True)
+class AuxCost:
+    """An auxiliary network at one boundary: what it saves, holds and trains."""
+
+    saved_bytes: int
+    param_bytes: int
+    trainable_bytes: int
+
+
+@dataclass(frozen=True)
+class BlockCost:
+    """One block of a partition, in bytes (FLOPs and counts where named)."""
+
+    start: int
+    end: int
+    activation_bytes: int
+    aux_activation_bytes: int
+    grad_bytes: int
+    param_bytes: int
+    params: int
+    flops: int
+    units: int
+
+    @property
+    def variable_bytes(self) -> int:
+        return self.activation_bytes + self.aux_activation_bytes + self.grad_bytes
+
+
+class CostModel:
+    """Costs of every candidate block of one analysed model, each in O(1) after set-up.
+    Boundaries are numbered 0 (the input), 1..n-1 (the legal cuts), n (the output)."""
+
+    def __init__(self, analysis: Analysis, settings: Settings) -> None:
+        self.analysis, self.settings = analysis, settings
+        self.gm = analysis.traced.graph("train")
+        self.nodes = list(self.gm.graph.nodes)
+        self.costs = [node_cost(n) for n in self.nodes]
+        self.cuts = list(analysis.cuts.cuts)
+        self.position = [-1, *(c.index for c in self.cuts), len(self.nodes) - 1]
+        self.sums: dict[str, list[int]] = {
+            key: list(itertools.accumulate((int(getattr(c, key)) for c in self.costs), initial=0))
+            for key in ("saved_bytes", "param_bytes", "params", "flops")
+        }
+        self._first_save, self._saves_at = _save_index(self.costs)
+        self._aux: dict[tuple[int, int], AuxCost] = {}
+        self.unit_ends = self._unit_ends()
+
+    @property
+    def boundaries(self) -> int:
+        return len(self.position) - 1
+
+    def _sum(self, key: str, i: int, j: int) -> int:
+        values = self.sums[key]
+        return values[self.position[j] + 1] - values[self.position[i] + 1]
+
+    def block(self, k: int, i: int, j: int, blocks: int) -> BlockCost:
+        """Block k of `blocks` spanning boundaries i..j."""
+        last = k == blocks - 1
+        aux = AuxCost(0, 0, 0) if last else self.aux_cost(k, j, blocks)
+        param_bytes = self._sum("param_bytes", i, j)
+        grads = param_bytes + aux.trainable_bytes if self.settings.scope == "block" else 0
+        return BlockCost(
+            start=i,
+            end=j,
+            activation_bytes=self._sum("saved_bytes", i, j) + self._boundary_bytes(i, j),
+            aux_activation_bytes=aux.saved_bytes,
+            grad_bytes=grads,
+            param_bytes=param_bytes,
+            params=self._sum("params", i, j),
+            flops=self._sum("flops", i, j),
+            units=sum(1 for end in self.unit_ends if i < end <= j) or 1,
+        )
+
+    def _boundary_bytes(self, i: int, j: int) -> int:
+        """The input tensor, when this block saves it but an earlier node saved it first, and
+        the output tensor, which stays alive for the next block, when nothing saved it."""
+        extra = 0
+        if i > 0:
+            node = self.costs[self.position[i]]
+            first = self._first_save.get(node.storage, math.inf)
+            resaved = any(
+                self.position[i] < at <= self.position[j]
+                for at in self._saves_at.get(node.storage, ())
+            )
+            extra += node.out_bytes if first <= self.position[i] and resaved else 0
+        if j < self.boundaries:
+            out = self.costs[self.position[j]]
+            held = self._first_save.get(out.storage, math.inf) > self.position[j]
+            extra += out.out_bytes if held else 0
+        return extra
+
+    # ---------------------------------------------------------------- auxiliaries
+
+    def aux_cost(self, k: int, j: int, blocks: int) -> AuxCost:
+        """The auxiliary of block k, which ends at boundary j."""
+        config = self.settings.aux.blocks.get(k, self.settings.aux.default)
+        key = (j, k if isinstance(config, AugmentedAux) else -1)
+        if key not in self._aux:
+            self._aux[key] = self._aux_cost(config, k, j, blocks)
+        return self._aux[key]
+
+    def _aux_cost(self, config: object, k: int, j: int, blocks: int) -> AuxCost:
+        shape = self._shape(j)
+        layout = self._layout(config, j)
+        if isinstance(config, MomentumAux):
+            end = self._first_unit_end(j)
+            unit_params = self._sum("param_bytes", j, end)
+            head = self._head_cost(config.head, self._shape(end), self._layout(config.head, end))
+            return AuxCost(
+                saved_bytes=self._sum("saved_bytes", j, end) + head.saved_bytes,
+                param_bytes=2 * unit_params + head.param_bytes,
+                trainable_bytes=unit_params + head.trainable_bytes,
+            )
+        if isinstance(config, AugmentedAux):
+            return self._augmented_cost(config, k, j, blocks)
+        return self._head_cost(config, shape, layout)
+
+    def _head_cost(self, config: object, shape: tuple[int, ...], layout: Layout) -> AuxCost:
+        classes, precision = self.num_classes, self.precision
+        if isinstance(config, LinearAux):
+            return _measure(partial(LinearHead, shape, layout, classes), shape, precision)
+        if isinstance(config, ConvAux):
+            options = (config.depth, config.width, config.hidden)
+            return _measure(partial(ConvHead, shape, layout, classes, *options), shape, precision)
+        if isinstance(config, InfoProAux):
+            image = self.analysis.target_input.shape
+            try:
+                InfoProDecoder.check(layout, image)
+            except ValueError as e:
+                raise SplitterError(str(e)) from None
+            conv = _measure(partial(ConvHead, shape, layout, classes), shape, precision)
+            decoder = partial(InfoProDecoder, shape, layout, image, config.width)
+            dec = _measure(decoder, shape, precision)
+            return AuxCost(*(a + b for a, b in zip(_fields(conv), _fields(dec), strict=True)))
+        kind = getattr(config, "kind", config)
+        if kind == "augmented":
+            raise SplitterError(
+                "`augmented` cannot be the head of a `momentum` auxiliary; use `conv`, `linear` "
+                "or `infopro` as its head"
+            )
+        raise SplitterError(
+            f"the cost model has no `{kind}` auxiliary yet: its cascaded loss recomputes earlier "
+            "blocks; partition with `--aux augmented` (the same leap units) and set "
+            f"`{kind}` in the spec afterwards"
+        )
+
+    def _augmented_cost(self, config: AugmentedAux, k: int, j: int, blocks: int) -> AuxCost:
+        """AugLocal: fresh copies of sampled later units (DESIGN 3) and a linear head."""
+        picked = augmented_units(self.feature_unit_ends, j, k, blocks, config.depth, config.tau)
+        spans = [(self._unit_start(end), end) for end in picked]
+        saved = sum(self._sum("saved_bytes", a, b) for a, b in spans)
+        params = sum(self._sum("param_bytes", a, b) for a, b in spans)
+        last = picked[-1] if picked else j
+        shape = self._shape(last)
+        head = partial(LinearHead, shape, self._layout(config, last), self.num_classes)
+        cost = _measure(head, shape, self.precision)
+        return AuxCost(
+            saved + cost.saved_bytes, params + cost.param_bytes, params + cost.trainable_bytes
+        )
+
+    def _shape(self, j: int) -> tuple[int, ...]:
+        shape = self.costs[self.position[j]].shape
+        if shape is None and j == self.boundaries:
+            shape = self._output_shape()  # a tuple or dict: the first output
+        if shape is None:
+            raise SplitterError(f"boundary {j} carries no single tensor")
+        return shape
+
+    def _layout(self, config: object, j: int) -> Layout:
+        chosen = getattr(config, "layout", "auto")
+        if chosen != "auto":
+            return cast(Layout, chosen)
+        return infer_layout(self.gm, self.nodes[self.position[j]], self._shape(j))
+
+    @property
+    def precision(self) -> Precision:
+        return self.analysis.model.precision
+
+    @cached_property
+    def num_classes(self) -> int:
+        shape = self._output_shape()
+        return shape[-1] if shape else 10
+
+    def _output_shape(self) -> tuple[int, ...] | None:
+        """The shape of the model's (first) output, looking through tuples, dicts and
+        structures built from its elements (a namedtuple)."""
+        pending: list[object] = [self.nodes[-1].args[0]]
+        while pending:
+            value = pending.pop(0)
+            if isinstance(value, fx.Node):
+                shape = node_cost(value).shape
+                if shape is not None:
+                    return shape
+                pending[:0] = list(value.args)
+            elif isinstance(value, (tuple, list)):
+                pending[:0] = list(value)
+            elif isinstance(value, dict):
+                pending[:0] = list(value.values())
+        return None
+
+    # ---------------------------------------------------------------- units
+
+    def _unit_ends(self) -> list[int]:
+        """Boundaries where a unit (a span with parameters, param-free spans merged) ends."""
+        ends = [j for j in range(1, self.boundaries + 1) if self._sum("params", j - 1, j) > 0]
+        return ends or [self.boundaries]
+
+    def _first_unit_end(self, j: int) -> int:
+        return next((end for end in self.unit_ends if end > j), self.boundaries)
+
+    def _unit_start(self, end: int) -> int:
+        before = [e for e in self.unit_ends if e < end]
+        return before[-1] if before else 0
+
+    @cached_property
+    def feature_unit_ends(self) -> list[int]:
+        """Units before the global pooling: their outputs are maps or token sequences."""
+        return [e for e in self.unit_ends if e < self.boundaries and len(self._shape(e)) >= 3]
+
+    # ---------------------------------------------------------------- totals
+
+    def fixed_bytes(self, bounds: Sequence[int]) -> int:
+        """Parameters and optimizer state of the model and of every auxiliary (and every
+        gradient, with one global optimizer step)."""
+        blocks = len(bounds) - 1
+        aux = [self.aux_cost(k, bounds[k + 1], blocks) for k in range(blocks - 1)]
+        params = self._sum("param_bytes", 0, self.boundaries)
+        trainable = params + sum(a.trainable_bytes for a in aux)
+        fixed = params + sum(a.param_bytes for a in aux) + self.state_per_param * trainable
+        return fixed + (trainable if self.settings.scope == "global" else 0)
+
+    @property
+    def state_per_param(self) -> int:
+        opt = self.settings.optimizer
+        return 2 if opt.name == "adamw" else (1 if opt.momentum > 0 else 0)
+
+    def e2e_peak_bytes(self) -> int:
+        """End-to-end training: all parameters, gradients and optimizer state, and every
+        saved activation at once."""
+        params = self._sum("param_bytes", 0, self.boundaries)
+        return params * (2 + self.state_per_param) + self._sum("saved_bytes", 0, self.boundaries)
+
+
+def augmented_units(
+    feature_ends: Sequence[int], j: int, k: int, blocks: int, depth: int, tau: float
+) -> list[int]:
+    """AugLocal's sampled units after boundary j for block k of `blocks` (DESIGN 3)."""
+    n = len(feature_ends)
+    done = [i for i, end in enumerate(feature_ends) if end <= j]
+    last = done[-1] if done else -1  # the unit the block ends with
+    if blocks > 2:
+        ratio = k * tau / (blocks - 2)
+        d = max(1, round(depth * (1 - ratio) + ratio))
+    else:
+        d = depth
+    if last >= n - 1:
+        return []
+    if d >= n - 1 - last:
+        return list(feature_ends[last + 1 :])
+    picks = sorted({round(last + (n - last - 1) / d * i) for i in range(1, d + 1)})
+    return [feature_ends[i] for i in picks if i > last]
+
+
+def _save_index(costs: Sequence[NodeCost]) -> tuple[dict[int, int], dict[int, list[int]]]:
+    first: dict[int, int] = {}
+    every: dict[int, list[int]] = {}
+    for index, cost in enumerate(costs):
+        for storage in cost.saves:
+            first.setdefault(storage, index)
+            every.setdefault(storage, []).append(index)
+    return first, every
+
+
+def _fields(cost: AuxCost) -> tuple[int, int, int]:
+    return cost.saved_bytes, cost.param_bytes, cost.trainable_bytes
+
+
+_MEASURED: dict[tuple[str, tuple[object, ...], str], AuxCost] = {}
+
+
+def _measure(
+    make: Callable[[], nn.Module], shape: tuple[int, ...], precision: Precision
+) -> AuxCost:
+    """Saved bytes (without its input, which the block holds anyway) and parameter bytes of a
+    head at the boundary shape, from the same fake-tensor annotation as the model. The head is
+    built on the meta device and given uninitialised memory: its values never matter here."""
+    assert isinstance(make, partial)
+    key = (getattr(make.func, "__name__", ""), make.args, precision)
+    if key not in _MEASURED:
+        with torch.device("meta"):
+            head = make()
+        head = head.to_empty(device="cpu")
+        gm = trace(head).graph("train")
+        annotate(gm, InputSpec(shape[1:], torch.float32), shape[0], precision)
+        costs = [node_cost(n) for n in gm.graph.nodes]
+        input_storage = costs[0].storage
+        saved = sum(c.saved_bytes for c in costs)
+        if any(input_storage in c.saves for c in costs):
+            saved -= costs[0].out_bytes
+        size = sum(p.numel() * p.element_size() for p in head.parameters())
+        _MEASURED[key] = AuxCost(saved, size, size)
+    return _MEASURED[key]

@@ -1,0 +1,124 @@
+"""The partitioner's result as the YAML spec a user would write, each block's cost a comment."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from schemas import SplitSpec, parse_spec
+from splitter.partitioner import Partition
+
+SECTION_ORDER = ("version", "model", "trace", "partition", "aux", "training", "output")
+
+
+def mib(n: float) -> str:
+    return f"{n / 2**20:,.1f} MiB"
+
+
+def spec_document(
+    part: Partition, spec: SplitSpec | None, aux: str | None, optimizer: str | None
+) -> dict[str, Any]:
+    """The spec as data: the user's spec (defaults left out), the model as analysed, the cuts,
+    and the auxiliary, optimizer, batch size and precision the costs assumed."""
+    doc: dict[str, Any] = spec.model_dump(mode="json", exclude_defaults=True) if spec else {}
+    doc["version"] = 1
+    doc["model"] = {**doc.get("model", {}), **_model_section(part)}
+    doc["partition"] = {"cuts": [c.name for c in part.cuts]}
+    if spec is not None and spec.partition.shared_params != "error":
+        doc["partition"]["shared_params"] = spec.partition.shared_params
+    if aux is not None or "aux" not in doc:
+        doc["aux"] = {"default": {"kind": part.settings.aux.default.kind}}
+    overrides = doc["aux"].get("blocks", {})
+    kept = {k: v for k, v in overrides.items() if int(k) < len(part.blocks) - 1}
+    if len(kept) < len(overrides):
+        part.analysis.model.warnings.append(
+            f"aux.blocks overrides for blocks {sorted(set(overrides) - set(kept))} were left "
+            f"out: the partition has {len(part.blocks)} blocks"
+        )
+    if overrides:
+        doc["aux"]["blocks"] = kept
+    training = doc.setdefault("training", {})
+    training["batch_size"] = part.analysis.model.batch_size
+    if part.analysis.model.precision != "fp32":
+        training["precision"] = part.analysis.model.precision
+    if optimizer is not None:
+        training.setdefault("optimizer", {})["name"] = optimizer
+    return {key: doc[key] for key in SECTION_ORDER if key in doc}
+
+
+def _model_section(part: Partition) -> dict[str, Any]:
+    model, analysis = part.analysis.model, part.analysis
+    section: dict[str, Any] = {"ref": model.ref, "input_shape": list(model.input.shape)}
+    dtype = str(model.input.dtype).removeprefix("torch.")
+    if dtype != "float32":
+        section["input_dtype"] = dtype
+    if analysis.root:
+        section["root"] = analysis.root
+    return section
+
+
+def spec_yaml(
+    part: Partition,
+    spec: SplitSpec | None = None,
+    aux: str | None = None,
+    optimizer: str | None = None,
+) -> str:
+    """A complete, valid spec: header comments with the totals, one comment per block."""
+    doc = spec_document(part, spec, aux, optimizer)
+    chunks = [_header(part)]
+    for key, value in doc.items():
+        if key == "partition":
+            chunks.append(_partition_text(part, value))
+        else:
+            chunks.append(_section(key, value))
+    text = "".join(chunks)
+    parse_spec(text, "the written spec")  # the partitioner writes only what the loader accepts
+    return text
+
+
+def _section(key: str, value: object) -> str:
+    """`key: value` on one line when short (`aux: {default: {kind: momentum}}` style), else the
+    value indented below the key; collections of plain values stay on one line."""
+    body = yaml.safe_dump(value, sort_keys=False, default_flow_style=None).strip()
+    body = body.removesuffix("\n...").strip()
+    if "\n" not in body and (not isinstance(value, (dict, list)) or body[0] in "{["):
+        return f"{key}: {body}\n"
+    return f"{key}:\n" + "".join(f"  {line}\n" for line in body.splitlines())
+
+
+def _header(part: Partition) -> str:
+    model = part.analysis.model
+    settings = part.settings
+    return (
+        f"# Written by `splitter partition`: {len(part.blocks)} blocks balanced by "
+        f"{part.balance} (batch {model.batch_size}, {model.precision}, auxiliary "
+        f"{settings.aux.default.kind}, {settings.optimizer.name}, optimizer scope "
+        f"{settings.scope}).\n"
+        f"# Fixed part (parameters and optimizer state, auxiliaries included): "
+        f"{mib(part.fixed_bytes)}.\n"
+        f"# Local peak {mib(part.local_peak_bytes)}; end-to-end peak "
+        f"{mib(part.e2e_peak_bytes)} (saving {part.saving:.1%}).\n"
+    )
+
+
+def _partition_text(part: Partition, section: dict[str, Any]) -> str:
+    names = ["input", *(c.name for c in part.cuts), "output"]
+    lines = ["partition:", "  cuts:" + ("" if part.cuts else " []")]
+    width = max((len(c.name) for c in part.cuts), default=0)
+    for k, cut in enumerate(part.cuts):
+        lines.append(f"    - {cut.name:<{width}}  # {_block_comment(part, k, names)}")
+    lines.append(f"  # {_block_comment(part, len(part.blocks) - 1, names)}")
+    extra = {k: v for k, v in section.items() if k != "cuts"} or None
+    if extra:
+        lines += ["  " + line for line in yaml.safe_dump(extra, sort_keys=False).splitlines()]
+    return "\n".join(lines) + "\n"
+
+
+def _block_comment(part: Partition, k: int, names: list[str]) -> str:
+    block = part.blocks[k]
+    return (
+        f"block {k}: {names[k]} -> {names[k + 1]}, variable {mib(block.variable_bytes)} "
+        f"(activations {mib(block.activation_bytes)}, auxiliary "
+        f"{mib(block.aux_activation_bytes)}, gradients {mib(block.grad_bytes)})"
+    )
