@@ -19,9 +19,9 @@ def mib(n: float) -> str:
 def spec_document(
     part: Partition, spec: SplitSpec | None, aux: str | None, optimizer: str | None
 ) -> dict[str, Any]:
-    """The spec as data: the user's spec (defaults left out), the model as analysed, the cuts,
+    """The spec as data: the user's spec (what it sets), the model as analysed, the cuts,
     and the auxiliary, optimizer, batch size and precision the costs assumed."""
-    doc: dict[str, Any] = spec.model_dump(mode="json", exclude_defaults=True) if spec else {}
+    doc: dict[str, Any] = spec.model_dump(mode="json", exclude_unset=True) if spec else {}
     doc["version"] = 1
     doc["model"] = {**doc.get("model", {}), **_model_section(part)}
     doc["partition"] = {"cuts": [c.name for c in part.cuts]}

@@ -202,3 +202,15 @@ def test_random_costs_never_beat_the_partition() -> None:
     for _ in range(30):
         cuts = sorted(rng.sample(list(analysis.cuts.cuts), 3), key=lambda c: c.index)
         assert max(b.variable_bytes for b in evaluate(analysis, cuts, chosen).blocks) >= best
+
+
+def test_partition_from_a_spec_keeps_its_settings(cli: CliRunner, tmp_path: Path) -> None:
+    out = tmp_path / "vit.yaml"
+    spec = str(EXAMPLES / "tiny_vit" / "spec.yaml")
+    result = cli.invoke(app, ["partition", "--spec", spec, "--blocks", "3", "-o", str(out)])
+    assert result.exit_code == 0, result.stderr
+    written = load_spec(out).spec
+    assert written.model.ref == "examples/tiny_vit/model.py"
+    assert written.aux.default.kind == "linear" and written.aux.blocks[0].kind == "conv"
+    assert "auxiliary linear" in out.read_text().splitlines()[0]
+    assert cli.invoke(app, ["verify", str(out)]).exit_code == 0

@@ -1,0 +1,69 @@
+"""How well each balancing criterion balances local-training memory, and what partitioning costs.
+
+For each model (224x224, batch 32, fp32, K = 4, momentum auxiliaries, SGD): the largest block's
+variable bytes (saved activations of the block and its auxiliary, and their gradients) when the
+cuts balance `memory` (splitter's default), `units` (equal unit counts, as DGL does) or `params`
+(as DeepSpeed's `parameters` method does), and the largest over the mean for `memory`. Then the
+time the partitioner adds to tracing and annotation.
+
+    python benchmarks/balance.py            # full
+    python benchmarks/balance.py --quick    # two models
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from splitter import ModelOptions, analyze
+from splitter.partitioner import partition_blocks, settings_from
+
+MODELS = ["resnet50", "resnet101", "resnet152", "vit_b_16", "densenet121", "efficientnet_b0"]
+
+
+def mib(n: float) -> str:
+    return f"{n / 2**20:,.0f}"
+
+
+def balance_table(models: list[str], blocks: int) -> None:
+    settings = settings_from(None, None, None)
+    print(f"| model (K={blocks}) | memory: largest MiB | largest / mean | units: largest MiB | "
+          "params: largest MiB | e2e peak MiB | local peak MiB (memory) | saving |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name in models:
+        analysis = analyze(f"torchvision:{name}", ModelOptions(batch_size=32))
+        parts = {b: partition_blocks(analysis, blocks, settings, b)
+                 for b in ("memory", "units", "params")}
+        largest = {b: max(x.variable_bytes for x in p.blocks) for b, p in parts.items()}
+        variable = [x.variable_bytes for x in parts["memory"].blocks]
+        best = parts["memory"]
+        print(f"| {name} | {mib(largest['memory'])} | {max(variable) / (sum(variable) / blocks):.3f}"
+              f" | {mib(largest['units'])} | {mib(largest['params'])} | "
+              f"{mib(best.e2e_peak_bytes)} | {mib(best.local_peak_bytes)} | {best.saving:.1%} |")
+
+
+def timing_table(name: str, blocks: int, repeats: int) -> None:
+    print(f"\n| {name}, batch 32 | seconds (best of {repeats}) |")
+    print("|---|---|")
+    analyse, part = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        analysis = analyze(f"torchvision:{name}", ModelOptions(batch_size=32))
+        analyse.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        partition_blocks(analysis, blocks, settings_from(None, None, None))
+        part.append(time.perf_counter() - start)
+    print(f"| build, trace (train and eval) and annotate | {min(analyse):.2f} |")
+    print(f"| partition into {blocks} blocks (cost model and exact DP) | {min(part):.2f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="two models, one repeat")
+    args = parser.parse_args()
+    balance_table(MODELS[:2] if args.quick else MODELS, 4)
+    timing_table("resnet152", 16, 1 if args.quick else 3)
+
+
+if __name__ == "__main__":
+    main()
