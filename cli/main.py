@@ -25,7 +25,6 @@ from cli.options import (
     PrecisionOpt,
     model_options,
 )
-from schemas import load_spec
 from splitter.errors import SplitterError, UsageError
 
 app = typer.Typer(
@@ -92,14 +91,6 @@ def _check_choices(**given: str | None) -> None:
             raise UsageError(
                 f"--{name} `{value}` is unknown; use one of {', '.join(allowed[name])}"
             )
-
-
-def _spec_model(spec: str | None) -> str:
-    from splitter.plan import spec_model_ref
-
-    if spec is None:
-        raise UsageError("pass MODEL, or --spec with a spec that sets `model.ref`")
-    return spec_model_ref(spec)
 
 
 def _writable(output: str | None, force: bool) -> Path | None:
@@ -250,10 +241,9 @@ def partition(
         _check_format(fmt)
         _check_choices(balance=balance, aux=aux, optimizer=optimizer)
         options = model_options(model_arg, input_shape, input_dtype, batch_size, precision, leaf)
-        ref = model or _spec_model(spec)
         target = _writable(output, force)
         part = run_partition(
-            ref,
+            model,
             blocks=blocks,
             budget=budget,
             balance=balance,  # type: ignore[arg-type]  # checked by _check_choices
@@ -262,8 +252,7 @@ def partition(
             spec=spec,
             options=options,
         )
-        loaded = load_spec(spec).spec if spec else None
-        text = spec_yaml(part, loaded, aux, optimizer)
+        text = spec_yaml(part, part.spec, aux, optimizer)
         if target is not None:
             _write_atomically(target, text)
         return partition_report(part, text, str(target) if target else None)

@@ -51,6 +51,8 @@ class Partition:
     blocks: list[BlockCost]
     fixed_bytes: int
     e2e_peak_bytes: int
+    spec: SplitSpec | None = None
+    """The spec the partition started from, if any."""
 
     @property
     def cuts(self) -> list[CutPoint]:
@@ -178,7 +180,7 @@ def settings_from(spec: SplitSpec | None, aux: str | None, optimizer: str | None
 
 
 def partition(
-    model: str,
+    model: str | None = None,
     *,
     blocks: int | None = None,
     budget: int | str | None = None,
@@ -188,24 +190,34 @@ def partition(
     spec: str | None = None,
     options: ModelOptions | None = None,
 ) -> Partition:
-    """Analyse MODEL and choose its cuts: `blocks` balanced blocks, or the fewest that fit
-    `budget` (bytes, or `8GiB`/`8GB`). The auxiliary and optimizer come from the spec, else
-    `momentum` and SGD; `aux` and `optimizer` override them."""
+    """Analyse MODEL (else the spec's `model.ref`) and choose its cuts: `blocks` balanced
+    blocks, or the fewest that fit `budget` (bytes, or `8GiB`/`8GB`). The auxiliary and
+    optimizer come from the spec, else `momentum` and SGD; `aux` and `optimizer` override them.
+    The result keeps the spec it started from (`Partition.spec`)."""
+    from splitter.plan import spec_model_ref
+
     if (blocks is None) == (budget is None):
         raise UsageError("give exactly one of --blocks K and --budget SIZE")
     loaded = load_spec(spec) if spec else None
-    options, root = options or ModelOptions(), None
-    if loaded is not None:
-        options, notes = merge_options(options, loaded.spec)
-        root = loaded.spec.model.root
-    analysis = analyze(model, options, root=root)
-    if loaded is not None:
-        analysis.model.warnings.extend(notes)
+    if model is None:
+        if spec is None:
+            raise UsageError("pass MODEL, or --spec with a spec that sets `model.ref`")
+        model = spec_model_ref(spec, loaded)
+    options, notes = (
+        merge_options(options or ModelOptions(), loaded.spec)
+        if loaded
+        else (options or ModelOptions(), [])
+    )
+    analysis = analyze(model, options, root=loaded.spec.model.root if loaded else None)
+    analysis.model.warnings.extend(notes)
     settings = settings_from(loaded.spec if loaded else None, aux, optimizer)
     if blocks is not None:
-        return partition_blocks(analysis, blocks, settings, balance)
-    try:
-        size = parse_size(budget)  # type: ignore[arg-type]
-    except ValueError as e:
-        raise UsageError(f"--budget: {e}") from None
-    return partition_budget(analysis, size, settings, balance)
+        found = partition_blocks(analysis, blocks, settings, balance)
+    else:
+        try:
+            size = parse_size(budget)  # type: ignore[arg-type]
+        except ValueError as e:
+            raise UsageError(f"--budget: {e}") from None
+        found = partition_budget(analysis, size, settings, balance)
+    found.spec = loaded.spec if loaded else None
+    return found
