@@ -1,0 +1,67 @@
+"""Auxiliary heads on every layout, and the layout inferred at a cut."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.fx as fx
+
+from splitter.analysis import analyze
+from splitter.heads import ConvHead, InfoProDecoder, LinearHead, infer_layout
+from splitter.modelref import ModelOptions
+from tests.conftest import EXAMPLES
+
+SHAPES = {
+    "nchw": (2, 16, 32, 32),
+    "nhwc": (2, 32, 32, 16),
+    "ncl": (2, 16, 100),
+    "nlc": (2, 100, 16),
+    "nc": (2, 16),
+}
+
+
+@pytest.mark.parametrize("layout", list(SHAPES))
+@pytest.mark.parametrize("head", [LinearHead, ConvHead])
+def test_heads_serve_every_layout(layout: str, head: type) -> None:
+    module = head(SHAPES[layout], layout, 10)
+    x = torch.randn(SHAPES[layout])
+    assert module(x).shape == (2, 10)
+    assert torch.equal(fx.symbolic_trace(module)(x), module(x))
+
+
+def test_conv_head_strides_while_the_map_is_large() -> None:
+    head = ConvHead((2, 16, 32, 32), "nchw", 10, depth=3)
+    strides = [m.stride[0] for m in head.convs if isinstance(m, torch.nn.Conv2d)]
+    assert strides == [2, 2, 1]  # 32 -> 16 -> 8, then no longer larger than 8x8
+    assert head.convs[0].out_channels == 32  # 2C by default
+
+
+def test_infopro_decoder_reconstructs_the_input_range() -> None:
+    decoder = InfoProDecoder((2, 16, 8, 8), "nchw", (3, 32, 32))
+    out = decoder(torch.randn(2, 16, 8, 8))
+    assert out.shape == (2, 3, 32, 32) and out.min() >= 0 and out.max() <= 1
+    with pytest.raises(ValueError, match=r"reconstructs images.*`linear`, `conv` or `momentum`"):
+        InfoProDecoder((2, 100, 16), "nlc", (3, 32, 32))
+
+
+@pytest.mark.parametrize(("ref", "options", "expected"), [
+    ("torchvision:swin_t", ModelOptions(batch_size=1, input_shape=(3, 64, 64)),
+     {"features.0.0": "nchw", "features.0.1": "nhwc", "features.1.0.add": "nhwc",
+      "permute": "nchw", "flatten": "nc"}),
+    ("torchvision:vit_b_16", ModelOptions(batch_size=1),
+     {"reshape": "ncl", "permute": "nlc", "encoder": "nlc"}),
+    ("torchvision:convnext_tiny", ModelOptions(batch_size=2, input_shape=(3, 32, 32)),
+     {"features.0.1.permute": "nhwc", "features.0.1": "nchw", "classifier.0.layer_norm": "nhwc"}),
+    (str(EXAMPLES / "tiny_vit" / "model.py"), ModelOptions(batch_size=2),
+     {"flatten": "ncl", "transpose": "nlc", "blocks.5": "nlc"}),  # square 64x64: by ops only
+])
+def test_layout_is_inferred_from_the_ops(
+    ref: str, options: ModelOptions, expected: dict[str, str]
+) -> None:
+    analysis = analyze(ref, options)
+    gm = analysis.traced.graph("train")
+    nodes = list(gm.graph.nodes)
+    for name, layout in expected.items():
+        cut = analysis.cuts.find(name)
+        assert cut is not None and cut.shape is not None
+        assert infer_layout(gm, nodes[cut.index], cut.shape) == layout, name
