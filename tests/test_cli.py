@@ -88,12 +88,28 @@ def test_detection_model_suggests_a_root(cli: CliRunner) -> None:
     assert "model.root" in result.stderr and "backbone.body" in result.stderr
 
 
-def test_cli_surface() -> None:
-    """Freezes the commands and the shared model options."""
-    result = CliRunner().invoke(app, ["inspect", "--help"], env={"COLUMNS": "200"})
-    for option in ("--model-arg", "--input-shape", "--input-dtype", "--batch-size",
-                   "--precision", "--leaf", "--format"):
-        assert option in result.stdout
+SURFACE = {
+    "inspect": ["--spec", "--format"],
+    "verify": ["--format"],
+    "partition": ["--blocks", "--budget", "--balance", "--aux", "--optimizer", "--spec",
+                  "--output", "--force", "--format"],
+    "schema": [],
+}
+MODEL_OPTIONS = ["--model-arg", "--input-shape", "--input-dtype", "--batch-size", "--precision",
+                 "--leaf"]
+
+
+@pytest.mark.parametrize("command", list(SURFACE))
+def test_cli_surface(command: str) -> None:
+    """Freezes the commands, their options and the shared model options."""
+    result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    shared = MODEL_OPTIONS if command != "schema" else []
+    for option in [*SURFACE[command], *shared]:
+        assert option in result.stdout, (command, option)
+
+
+def test_version() -> None:
     assert CliRunner().invoke(app, ["--version"]).stdout.startswith("splitter ")
 
 
