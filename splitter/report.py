@@ -23,6 +23,7 @@ def inspect_report(analysis: Analysis, plan: Plan | None = None) -> dict[str, An
     gm = traced.graph("train")
     costs = [node_cost(n) for n in gm.graph.nodes]
     block_ends = [c.name for c in plan.cuts] if plan else []
+    priced = _plan_partition(plan) if plan else None
     return {
         "model": model.ref,
         "root": analysis.root,
@@ -41,18 +42,20 @@ def inspect_report(analysis: Analysis, plan: Plan | None = None) -> dict[str, An
         },
         "cut_points": _cut_rows(analysis, costs),
         "units": [u.__dict__ for u in units(gm, analysis.cuts.cuts, block_ends)],
-        "blocks": _block_rows(gm, costs, plan),
+        "blocks": _block_rows(gm, costs, plan, priced),
         "warnings": list(model.warnings),
-        **(_plan_costs(plan) if plan else {}),
+        **(cost_fields(priced) if priced else {}),
     }
 
 
-def _block_rows(gm: Any, costs: list[NodeCost], plan: Plan | None) -> list[dict[str, Any]]:
+def _block_rows(
+    gm: Any, costs: list[NodeCost], plan: Plan | None, priced: Partition | None
+) -> list[dict[str, Any]]:
     nodes = list(gm.graph.nodes)
     cuts = plan.cuts if plan else []
     bounds = [-1, *(c.index for c in cuts), len(nodes) - 1]
     names = ["input", *(c.name for c in cuts), "output"]
-    variable = [b.variable_bytes for b in _plan_partition(plan).blocks] if plan else []
+    variable = [b.variable_bytes for b in priced.blocks] if priced else []
     rows = []
     for k in range(len(bounds) - 1):
         span = costs[bounds[k] + 1 : bounds[k + 1] + 1]
@@ -76,10 +79,6 @@ def _block_rows(gm: Any, costs: list[NodeCost], plan: Plan | None) -> list[dict[
             row["aux"] = aux_kind(plan, k)
         rows.append(row)
     return rows
-
-
-def _plan_costs(plan: Plan) -> dict[str, Any]:
-    return cost_fields(_plan_partition(plan))
 
 
 def _plan_partition(plan: Plan) -> Partition:

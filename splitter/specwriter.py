@@ -8,12 +8,13 @@ import yaml
 
 from schemas import SplitSpec, parse_spec
 from splitter.partitioner import Partition
+from splitter.report import mib as report_mib
 
 SECTION_ORDER = ("version", "model", "trace", "partition", "aux", "training", "output")
 
 
-def mib(n: float) -> str:
-    return f"{n / 2**20:,.1f} MiB"
+def mib(n: int) -> str:
+    return f"{report_mib(n)} MiB"
 
 
 def spec_document(
