@@ -267,6 +267,62 @@ def partition(
         sys.stdout.write(report["spec_yaml"])
 
 
+@app.command(name="compile")
+def compile_(
+    model_or_spec: Annotated[
+        str | None,
+        typer.Argument(metavar="[MODEL] [SPEC]", help="MODEL and/or SPEC.yaml (either may go)."),
+    ] = None,
+    spec_path: Annotated[str | None, typer.Argument(metavar="", show_default=False)] = None,
+    output: Annotated[
+        str | None,
+        typer.Option("-o", "--output", help="Package folder (default build/<model name>)."),
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing package folder.")] = False,
+    blocks: Annotated[
+        int | None, typer.Option(min=2, help="Number of blocks K, balanced on memory (auto).")
+    ] = None,
+    aux: Annotated[
+        str | None, typer.Option(help="Auxiliary kind of every block (default momentum).")
+    ] = None,
+    model_arg: ModelArg = None,
+    input_shape: InputShape = None,
+    input_dtype: InputDtype = None,
+    batch_size: BatchSize = None,
+    precision: PrecisionOpt = None,
+    leaf: Leaf = None,
+) -> None:
+    """Write a runnable, gradient-isolated training package for MODEL split as SPEC says
+    (without SPEC: 4 memory-balanced blocks with momentum auxiliaries)."""
+    from splitter.compiler import compile_package
+
+    def build() -> Any:
+        _check_choices(aux=aux)
+        model, spec = _compile_args(model_or_spec, spec_path)
+        options = model_options(model_arg, input_shape, input_dtype, batch_size, precision, leaf)
+        return compile_package(
+            model, spec, options, out=output, force=force, blocks=blocks, aux=aux
+        )
+
+    compiled = _run(build)
+    _print_notes({"warnings": [*compiled.notes, *compiled.plan.analysis.model.warnings]})
+    cuts = ", ".join(c.name for c in compiled.plan.cuts)
+    stderr.print(
+        f"wrote {compiled.out}/ ({len(compiled.plan.cuts) + 1} blocks, cut at {escape(cuts)}); "
+        f"run: python {compiled.out}/train.py --steps 3",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def _compile_args(first: str | None, second: str | None) -> tuple[str | None, str | None]:
+    if first is None:
+        raise UsageError("pass MODEL, SPEC or both, e.g. `splitter compile model.py spec.yaml`")
+    if second is not None or first.endswith((".yaml", ".yml")):
+        return _model_and_spec(first, second)
+    return first, None
+
+
 @app.command()
 def schema() -> None:
     """Print the JSON Schema of the split spec."""

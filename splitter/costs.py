@@ -160,18 +160,20 @@ class CostModel:
     def _head_cost(self, config: object, shape: tuple[int, ...], layout: Layout) -> AuxCost:
         classes, precision = self.num_classes, self.precision
         if isinstance(config, LinearAux):
-            return _measure(partial(LinearHead, shape, layout, classes), shape, precision)
+            return _measure(partial(LinearHead, shape[1:], layout, classes), shape, precision)
         if isinstance(config, ConvAux):
             options = (config.depth, config.width, config.hidden)
-            return _measure(partial(ConvHead, shape, layout, classes, *options), shape, precision)
+            return _measure(
+                partial(ConvHead, shape[1:], layout, classes, *options), shape, precision
+            )
         if isinstance(config, InfoProAux):
             image = self.analysis.target_input.shape
             try:
                 InfoProDecoder.check(layout, image)
             except ValueError as e:
                 raise SplitterError(str(e)) from None
-            conv = _measure(partial(ConvHead, shape, layout, classes), shape, precision)
-            decoder = partial(InfoProDecoder, shape, layout, image, config.width)
+            conv = _measure(partial(ConvHead, shape[1:], layout, classes), shape, precision)
+            decoder = partial(InfoProDecoder, shape[1:], layout, image, config.width)
             dec = _measure(decoder, shape, precision)
             return AuxCost(*(a + b for a, b in zip(_fields(conv), _fields(dec), strict=True)))
         kind = getattr(config, "kind", config)
@@ -194,7 +196,7 @@ class CostModel:
         params = sum(self._sum("param_bytes", a, b) for a, b in spans)
         last = picked[-1] if picked else j
         shape = self._shape(last)
-        head = partial(LinearHead, shape, self._layout(config, last), self.num_classes)
+        head = partial(LinearHead, shape[1:], self._layout(config, last), self.num_classes)
         cost = _measure(head, shape, self.precision)
         return AuxCost(
             saved + cost.saved_bytes, params + cost.param_bytes, params + cost.trainable_bytes
@@ -224,21 +226,7 @@ class CostModel:
         return shape[-1] if shape else 10
 
     def _output_shape(self) -> tuple[int, ...] | None:
-        """The shape of the model's (first) output, looking through tuples, dicts and
-        structures built from its elements (a namedtuple)."""
-        pending: list[object] = [self.nodes[-1].args[0]]
-        while pending:
-            value = pending.pop(0)
-            if isinstance(value, fx.Node):
-                shape = node_cost(value).shape
-                if shape is not None:
-                    return shape
-                pending[:0] = list(value.args)
-            elif isinstance(value, (tuple, list)):
-                pending[:0] = list(value)
-            elif isinstance(value, dict):
-                pending[:0] = list(value.values())
-        return None
+        return output_shape(self.gm.graph)
 
     # ---------------------------------------------------------------- units
 
@@ -327,7 +315,7 @@ def _measure(
     head at the boundary shape, from the same fake-tensor annotation as the model. The head is
     built on the meta device and given uninitialised memory: its values never matter here."""
     assert isinstance(make, partial)
-    key = (getattr(make.func, "__name__", ""), make.args, precision)
+    key = (getattr(make.func, "__name__", ""), (shape[0], *make.args), precision)
     if key not in _MEASURED:
         with torch.device("meta"):
             head = make()
@@ -342,3 +330,21 @@ def _measure(
         size = sum(p.numel() * p.element_size() for p in head.parameters())
         _MEASURED[key] = AuxCost(saved, size, size)
     return _MEASURED[key]
+
+
+def output_shape(graph: fx.Graph) -> tuple[int, ...] | None:
+    """The shape of the graph's (first) output, looking through tuples, dicts and structures
+    built from their elements (a namedtuple)."""
+    pending: list[object] = [list(graph.nodes)[-1].args[0]]
+    while pending:
+        value = pending.pop(0)
+        if isinstance(value, fx.Node):
+            shape = node_cost(value).shape
+            if shape is not None:
+                return shape
+            pending[:0] = list(value.args)
+        elif isinstance(value, (tuple, list)):
+            pending[:0] = list(value)
+        elif isinstance(value, dict):
+            pending[:0] = list(value.values())
+    return None

@@ -321,3 +321,15 @@ def swapped(model: nn.Module, fqn: str, replacement: nn.Module) -> Iterator[nn.M
         yield model
     finally:
         holder._modules[name] = original
+
+
+def span_graph(gm: fx.GraphModule, start: str | None, end: str | None) -> fx.Graph:
+    """The nodes after node `start` up to node `end` (None: from the input, to the output) as
+    a graph whose input is the value of `start`: a unit of a block, for auxiliaries to copy."""
+    nodes = list(gm.graph.nodes)
+    position = {n.name: i for i, n in enumerate(nodes)}
+    lo = position[start] if start else -1
+    hi = position[end] if end else len(nodes) - 1
+    return _block_graph(
+        nodes, set(data_graph(gm.graph).nodes), _live(nodes), lo, hi, last=end is None
+    )

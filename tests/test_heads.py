@@ -23,25 +23,25 @@ SHAPES = {
 @pytest.mark.parametrize("layout", list(SHAPES))
 @pytest.mark.parametrize("head", [LinearHead, ConvHead])
 def test_heads_serve_every_layout(layout: str, head: type) -> None:
-    module = head(SHAPES[layout], layout, 10)
+    module = head(SHAPES[layout][1:], layout, 10)
     x = torch.randn(SHAPES[layout])
     assert module(x).shape == (2, 10)
     assert torch.equal(fx.symbolic_trace(module)(x), module(x))
 
 
 def test_conv_head_strides_while_the_map_is_large() -> None:
-    head = ConvHead((2, 16, 32, 32), "nchw", 10, depth=3)
+    head = ConvHead((16, 32, 32), "nchw", 10, depth=3)
     strides = [m.stride[0] for m in head.convs if isinstance(m, torch.nn.Conv2d)]
     assert strides == [2, 2, 1]  # 32 -> 16 -> 8, then no longer larger than 8x8
     assert head.convs[0].out_channels == 32  # 2C by default
 
 
 def test_infopro_decoder_reconstructs_the_input_range() -> None:
-    decoder = InfoProDecoder((2, 16, 8, 8), "nchw", (3, 32, 32))
+    decoder = InfoProDecoder((16, 8, 8), "nchw", (3, 32, 32))
     out = decoder(torch.randn(2, 16, 8, 8))
     assert out.shape == (2, 3, 32, 32) and out.min() >= 0 and out.max() <= 1
     with pytest.raises(ValueError, match=r"reconstructs images.*`linear`, `conv` or `momentum`"):
-        InfoProDecoder((2, 100, 16), "nlc", (3, 32, 32))
+        InfoProDecoder((100, 16), "nlc", (3, 32, 32))
 
 
 @pytest.mark.parametrize(("ref", "options", "expected"), [

@@ -128,7 +128,7 @@ def test_inspect_with_spec_fills_blocks(cli: CliRunner) -> None:
         ("input", "blocks.1"), ("blocks.1", "blocks.3"), ("blocks.3", "blocks.4"),
         ("blocks.4", "output"),
     ]
-    assert [b["aux"] for b in blocks] == ["conv", "linear", "linear", "task loss"]
+    assert [b["aux"] for b in blocks] == ["conv", "momentum", "linear", "task loss"]
     assert sum(b["params"] for b in blocks) == report["parameters"]
     assert sum(b["activation_bytes"] for b in blocks) == report["total_activation_bytes"]
     assert blocks[0]["out_shape"] == [4, 64, 64]

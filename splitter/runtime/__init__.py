@@ -1,0 +1,1 @@
+"""Runtime sources copied verbatim into every emitted training package."""

@@ -1,0 +1,222 @@
+"""Auxiliary networks: each maps a block's output to its local loss."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Layout = Literal["nchw", "nhwc", "nlc", "ncl", "nc"]
+
+
+# ---------------------------------------------------------------- layouts
+
+
+def channels_first(x: torch.Tensor, layout: Layout) -> torch.Tensor:
+    """NCHW / NCL / NC view of `x`."""
+    if layout == "nhwc":
+        return x.permute(0, 3, 1, 2)
+    if layout == "nlc":
+        return x.transpose(1, 2)
+    return x
+
+
+def pool(x: torch.Tensor, layout: Layout) -> torch.Tensor:
+    """Global average over the spatial or token axes of a channels-first tensor."""
+    return x if layout == "nc" else x.flatten(2).mean(dim=2)
+
+
+def channels(shape: tuple[int, ...], layout: Layout) -> int:
+    """The channels of one sample of this `shape` (no batch axis)."""
+    return shape[-1] if layout in ("nhwc", "nlc") else shape[0]
+
+
+def spatial(shape: tuple[int, ...], layout: Layout) -> list[int]:
+    """The spatial or token sizes of one sample of this `shape`."""
+    if layout == "nchw":
+        return list(shape[1:])
+    if layout == "nhwc":
+        return list(shape[:2])
+    if layout == "ncl":
+        return [shape[1]]
+    return [shape[0]] if layout == "nlc" else []
+
+
+# ---------------------------------------------------------------- heads (features -> logits)
+
+
+class LinearHead(nn.Module):
+    """Global average pooling and one Linear layer."""
+
+    def __init__(self, shape: tuple[int, ...], layout: Layout, num_classes: int) -> None:
+        super().__init__()
+        self.layout = layout
+        self.fc = nn.Linear(channels(shape, layout), num_classes)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.fc(pool(channels_first(h, self.layout), self.layout))
+        return out
+
+
+class ConvHead(nn.Module):
+    """`depth` conv-BN-ReLU layers at `width` channels (stride 2 while the map is larger than
+    8x8, or the sequence longer than 64 tokens), pooling, Linear-ReLU to `hidden`, Linear."""
+
+    def __init__(
+        self,
+        shape: tuple[int, ...],
+        layout: Layout,
+        num_classes: int,
+        depth: int = 1,
+        width: int | None = None,
+        hidden: int = 128,
+    ) -> None:
+        super().__init__()
+        self.layout = layout
+        c = channels(shape, layout)
+        width = width or 2 * c
+        self.convs = nn.Sequential(*_conv_stack(c, width, depth, spatial(shape, layout)))
+        out = width if depth and layout != "nc" else c
+        self.mlp = nn.Sequential(
+            nn.Linear(out, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes)
+        )
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.mlp(pool(self.convs(channels_first(h, self.layout)), self.layout))
+        return out
+
+
+def _conv_stack(c: int, width: int, depth: int, sizes: list[int]) -> list[nn.Module]:
+    if not sizes:
+        return []
+    conv, norm, limit = (
+        (nn.Conv2d, nn.BatchNorm2d, 8) if len(sizes) == 2 else (nn.Conv1d, nn.BatchNorm1d, 64)
+    )
+    layers: list[nn.Module] = []
+    size = min(sizes)
+    for i in range(depth):
+        stride = 2 if size > limit else 1
+        size = (size + 1) // stride if stride == 2 else size
+        layers += [
+            conv(c if i == 0 else width, width, 3, stride, 1, bias=False),
+            norm(width),
+            nn.ReLU(inplace=True),
+        ]
+    return layers
+
+
+class InfoProDecoder(nn.Module):
+    """Reconstructs the un-normalised input in [0, 1]: bilinear upsampling to the input size,
+    conv3x3-BN-ReLU to `width`, conv3x3 to the input channels, sigmoid."""
+
+    def __init__(
+        self, shape: tuple[int, ...], layout: Layout, image: tuple[int, ...], width: int = 12
+    ) -> None:
+        super().__init__()
+        self.check(layout, image)
+        self.layout, self.size = layout, tuple(image[1:])
+        self.conv1 = nn.Conv2d(channels(shape, layout), width, 3, 1, 1, bias=False)
+        self.bn = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, image[0], 3, 1, 1)
+
+    @staticmethod
+    def check(layout: Layout, image: tuple[int, ...]) -> None:
+        """Refuse what the decoder cannot serve: it needs image maps and an image input."""
+        if layout not in ("nchw", "nhwc") or len(image) != 3:
+            raise ValueError(
+                f"the infopro decoder reconstructs images: the boundary is `{layout}` and the "
+                f"input {list(image)}; use the `linear`, `conv` or `momentum` auxiliary here"
+            )
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(channels_first(h, self.layout), size=self.size, mode="bilinear")
+        return torch.sigmoid(self.conv2(F.relu(self.bn(self.conv1(x)))))
+
+
+# ---------------------------------------------------------------- auxiliaries (-> local loss)
+
+
+class Auxiliary(nn.Module):
+    """A block's auxiliary network: `aux(h, target, image)` returns the local loss and the
+    logits it predicted; `after_backward()` runs once per step, right after the block's
+    backward (an EMA update, for the momentum auxiliary)."""
+
+    def after_backward(self) -> None:
+        """Nothing to do after the backward."""
+
+
+class Classifier(Auxiliary):
+    """A head trained with cross entropy on the block's output (`linear`, `conv`)."""
+
+    def __init__(self, head: nn.Module) -> None:
+        super().__init__()
+        self.head = head
+
+    def forward(
+        self, h: torch.Tensor, target: torch.Tensor, image: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        logits: torch.Tensor = self.head(h)
+        return F.cross_entropy(logits, target), logits
+
+
+class Momentum(Auxiliary):
+    """MAN / MAN++: a trainable copy `lb` and a frozen EMA copy `ema` of the next block's first
+    unit, mixed as `y = s * lb(h) + (2 - s) * ema(h)` (`s` learnable for MAN++, fixed at 1 for
+    MAN), then the `head` auxiliary on `y`. After each local backward the EMA moves towards the
+    source unit's parameters: `ema = decay * ema + (1 - decay) * source` (buffers are not
+    averaged; the copies keep their own BatchNorm statistics)."""
+
+    def __init__(
+        self,
+        source: nn.Module,
+        head: Auxiliary,
+        decay: float = 0.995,
+        learnable_scale: bool = True,
+        init: Literal["copy", "fresh"] = "copy",
+    ) -> None:
+        super().__init__()
+        self.lb, self.ema = copy.deepcopy(source), copy.deepcopy(source)
+        self.head: Auxiliary = head
+        self.decay = decay
+        if init == "fresh":
+            _reset(self.lb)
+            _reset(self.ema)
+        self.ema.requires_grad_(False)
+        if learnable_scale:
+            self.scale = nn.Parameter(torch.tensor(1.0))
+        else:
+            self.register_buffer("scale", torch.tensor(1.0))
+        self._source = tuple(source.parameters())  # the next block's own: not registered here
+
+    def forward(
+        self, h: torch.Tensor, target: torch.Tensor, image: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        y = self.scale * self.lb(h) + (2 - self.scale) * self.ema(h)
+        loss, logits = self.head(y, target, image)
+        return loss, logits
+
+    @torch.no_grad()
+    def after_backward(self) -> None:
+        ema: list[torch.Tensor] = list(self.ema.parameters())
+        if ema:
+            torch._foreach_mul_(ema, self.decay)
+            torch._foreach_add_(ema, list(self._source), alpha=1 - self.decay)
+        self.head.after_backward()
+
+
+def _reset(module: nn.Module) -> None:
+    """Re-initialise every layer that can; warn about those that keep the copied weights."""
+    for sub in module.modules():
+        reset = getattr(sub, "reset_parameters", None)
+        if callable(reset):
+            reset()
+        elif sub._parameters and any(p is not None for p in sub._parameters.values()):
+            warnings.warn(
+                f"`{type(sub).__name__}` has no reset_parameters(): the momentum auxiliary "
+                "keeps its copied weights (init: fresh)",
+                stacklevel=3,
+            )

@@ -1,0 +1,219 @@
+"""Runtime data: batch shapes, seeded resumable order, normalisation, errors, and imports."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from splitter.runtime import data as data_module
+from splitter.runtime.data import DATA_SETS, Data, DataError, load_data
+
+
+@pytest.fixture(scope="module")
+def digits() -> Data:
+    return load_data("digits", (3, 32, 32), torch.float32)
+
+
+def same(
+    a: list[tuple[torch.Tensor, torch.Tensor]], b: list[tuple[torch.Tensor, torch.Tensor]]
+) -> bool:
+    return len(a) == len(b) and all(
+        torch.equal(xa, xb) and torch.equal(ya, yb) for (xa, ya), (xb, yb) in zip(a, b, strict=True)
+    )
+
+
+# ---------------------------------------------------------------- digits
+
+
+@pytest.mark.parametrize(
+    ("shape", "dtype"),
+    [((3, 32, 32), torch.float32), ((1, 8, 8), torch.float32), ((3, 64, 64), torch.bfloat16)],
+)
+def test_digits_batches_take_the_model_input_shape(
+    shape: tuple[int, ...], dtype: torch.dtype
+) -> None:
+    data = load_data("digits", shape, dtype)
+    x, y = next(data.train_batches(0, 16, seed=0))
+    assert x.shape == (16, *shape) and x.dtype == dtype and x.is_contiguous()
+    assert y.shape == (16,) and y.dtype == torch.int64
+    x, y = next(data.test_batches(16))
+    assert x.shape == (16, *shape) and x.dtype == dtype
+    assert data.num_classes == 10 and len(data.mean) == len(data.std) == shape[0]
+
+
+def test_digits_split_every_fifth_sample_into_the_test_set(digits: Data) -> None:
+    assert (len(digits.train), len(digits.test)) == (1437, 360)
+    test = list(digits.test_batches(100))
+    assert [len(y) for _, y in test] == [100, 100, 100, 60]  # fixed order, last batch kept
+    labels = torch.cat([y for _, y in test])
+    assert labels.min() == 0 and labels.max() == 9
+
+
+def test_unnormalise_gives_back_the_pixels_in_0_1() -> None:
+    from sklearn.datasets import load_digits
+
+    data = load_data("digits", (1, 8, 8), torch.float32)
+    x = torch.cat([x for x, _ in data.test_batches(128)])
+    pixels = torch.as_tensor(load_digits().images[::5], dtype=torch.float32).unsqueeze(1) / 16
+    torch.testing.assert_close(data.unnormalise(x), pixels, atol=1e-5, rtol=0)
+    assert abs(x[: len(x) * 4 // 5].mean().item()) < 0.2  # normalised with the train statistics
+
+
+def test_unnormalise_of_upscaled_digits_stays_in_0_1(digits: Data) -> None:
+    x = digits.unnormalise(next(digits.test_batches(64))[0])
+    assert x.min() >= -1e-5 and x.max() <= 1 + 1e-5
+    assert torch.equal(x[:, 0], x[:, 2])  # grey replicated to every channel
+
+
+# ---------------------------------------------------------------- order
+
+
+def test_an_epoch_order_depends_on_seed_and_epoch_only(digits: Data) -> None:
+    first = list(digits.train_batches(3, 64, seed=7))
+    assert same(first, list(digits.train_batches(3, 64, seed=7)))
+    assert not same(first, list(digits.train_batches(4, 64, seed=7)))
+    assert not same(first, list(digits.train_batches(3, 64, seed=8)))
+    labels = torch.cat([y for _, y in first])
+    assert labels.tolist() != sorted(labels.tolist())  # shuffled
+
+
+@pytest.mark.parametrize("skip", [0, 1, 5, 22, 30])
+def test_skip_resumes_exactly_where_the_epoch_left_off(digits: Data, skip: int) -> None:
+    whole = list(digits.train_batches(2, 64, seed=1))
+    assert same(list(digits.train_batches(2, 64, seed=1, skip=skip)), whole[skip:])
+
+
+@pytest.mark.parametrize("batch_size", [1, 64, 100, 1437])
+def test_steps_per_epoch_counts_full_batches(digits: Data, batch_size: int) -> None:
+    batches = list(digits.train_batches(0, batch_size, seed=0))
+    assert len(batches) == digits.steps_per_epoch(batch_size) == 1437 // batch_size
+    assert all(len(y) == batch_size for _, y in batches)  # the partial batch is dropped
+    samples = torch.cat([y for _, y in batches])
+    assert len(samples) == 1437 // batch_size * batch_size
+
+
+def test_a_set_smaller_than_a_batch_is_one_batch(digits: Data) -> None:
+    assert digits.steps_per_epoch(2000) == 1
+    [(x, y)] = list(digits.train_batches(0, 2000, seed=0))
+    assert x.shape[0] == len(y) == 1437
+
+
+# ---------------------------------------------------------------- synthetic
+
+
+def test_synthetic_float_images_are_normalised_uniform_noise() -> None:
+    data = load_data("synthetic", (3, 16, 16), torch.float32, num_classes=7, seed=3)
+    assert (len(data.train), len(data.test), data.num_classes) == (1024, 256, 7)
+    assert data.mean == (0.5,) * 3 and data.std == (0.25,) * 3
+    x, y = next(data.train_batches(0, 32, seed=0))
+    assert x.shape == (32, 3, 16, 16) and x.dtype == torch.float32
+    assert x.min() >= -2 and x.max() <= 2 and y.min() >= 0 and y.max() < 7
+    x01 = data.unnormalise(x)
+    assert x01.min() >= 0 and x01.max() <= 1
+    again = load_data("synthetic", (3, 16, 16), torch.float32, num_classes=7, seed=3)
+    assert same(list(data.test_batches(64)), list(again.test_batches(64)))
+    other = load_data("synthetic", (3, 16, 16), torch.float32, num_classes=7, seed=4)
+    assert not same(list(data.test_batches(64)), list(other.test_batches(64)))
+
+
+def test_synthetic_token_ids_are_valid_in_any_vocabulary() -> None:
+    data = load_data("synthetic", (128,), torch.int64)
+    x, y = next(data.train_batches(0, 8, seed=0))
+    assert x.shape == (8, 128) and x.dtype == torch.int64 and set(x.flatten().tolist()) == {0, 1}
+    assert data.num_classes == 10 and y.min() >= 0 and y.max() < 10
+    assert (data.mean, data.std) == ((0.0,), (1.0,))
+    assert torch.equal(data.unnormalise(x), x)
+
+
+# ---------------------------------------------------------------- errors
+
+
+def test_digits_refuse_a_token_input() -> None:
+    with pytest.raises(DataError, match=r"`digits` are images.*\(128,\) int64.*--data synthetic"):
+        load_data("digits", (128,), torch.int64)
+
+
+def test_digits_refuse_too_few_classes() -> None:
+    with pytest.raises(DataError, match="num_classes=5"):
+        load_data("digits", (1, 8, 8), torch.float32, num_classes=5)
+    assert load_data("digits", (1, 8, 8), torch.float32, num_classes=12).num_classes == 10
+
+
+def test_cifar10_needs_a_root_and_never_downloads(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"--data-root DIR.*never downloads"):
+        load_data("cifar10", (3, 32, 32), torch.float32)
+    with pytest.raises(DataError, match=rf"{tmp_path}.*cifar-10-batches-py"):
+        load_data("cifar10", (3, 32, 32), torch.float32, root=str(tmp_path))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_data_set_lists_the_known_ones() -> None:
+    with pytest.raises(DataError, match="imagefolder"):
+        load_data("mnist", (1, 28, 28), torch.float32)
+
+
+# ---------------------------------------------------------------- imagefolder
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    for split, count in (("train", 5), ("val", 2)):
+        for label, colour in (("cat", (200, 30, 30)), ("dog", (30, 30, 200))):
+            (tmp_path / split / label).mkdir(parents=True)
+            for i in range(count):
+                image = Image.new("RGB", (10, 10), colour)
+                image.putpixel((i, i), (255, 255, 255))
+                image.save(tmp_path / split / label / f"{i}.png")
+    return tmp_path
+
+
+def test_imagefolder_serves_the_class_folders(folder: Path) -> None:
+    data = load_data("imagefolder", (3, 16, 16), torch.float32, root=str(folder))
+    assert (data.num_classes, len(data.train), len(data.test)) == (2, 10, 4)
+    batches = list(data.train_batches(0, 4, seed=0))
+    assert [x.shape for x, _ in batches] == [(4, 3, 16, 16)] * 2
+    assert same(batches[1:], list(data.train_batches(0, 4, seed=0, skip=1)))  # augmentation too
+    [(x, y)] = list(data.test_batches(8))
+    assert x.shape == (4, 3, 16, 16) and y.tolist() == [0, 0, 1, 1]
+    assert data.unnormalise(x).min() >= -1e-5 and data.unnormalise(x).max() <= 1 + 1e-5
+
+
+def test_imagefolder_converts_to_grey_for_a_one_channel_model(folder: Path) -> None:
+    data = load_data("imagefolder", (1, 12, 12), torch.float32, root=str(folder))
+    [(x, _)] = list(data.test_batches(8))
+    assert x.shape == (4, 1, 12, 12) and len(data.mean) == 1
+
+
+# ---------------------------------------------------------------- imports
+
+
+def test_the_module_imports_only_stdlib_and_torch_at_top_level() -> None:
+    tree = ast.parse(Path(data_module.__file__).read_text())
+    allowed = {*sys.stdlib_module_names, "__future__", "torch"}
+
+    def roots(nodes: list[ast.stmt] | list[ast.AST]) -> set[str]:
+        names = set()
+        for node in nodes:
+            if isinstance(node, ast.Import):
+                names |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                assert node.level == 0 and node.module is not None
+                names.add(node.module.split(".")[0])
+        return names
+
+    assert roots(tree.body) <= allowed
+    assert roots(list(ast.walk(tree))) <= allowed | {"torchvision", "sklearn"}
+    assert DATA_SETS == (
+        "synthetic",
+        "digits",
+        "cifar10",
+        "cifar100",
+        "svhn",
+        "stl10",
+        "imagefolder",
+    )
