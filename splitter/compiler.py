@@ -15,7 +15,7 @@ import yaml
 
 from schemas import LoadedSpec, load_spec, parse_spec
 from splitter.analysis import analyze
-from splitter.emit import model_name, package_files
+from splitter.emit import RUNTIME_FILES, model_name, package_files
 from splitter.errors import SplitterError, UsageError
 from splitter.modelref import ModelOptions, merge_options
 from splitter.modelsource import model_source
@@ -24,7 +24,7 @@ from splitter.plan import Plan, plan_for, spec_model_ref
 FORMATTER = ("ruff", "0.17.6")
 """The pinned formatter of the emitted code (a dependency of splitter)."""
 DEFAULT_BLOCKS = 4
-GENERATED = ("auxiliary.py", "blocks.py", "data.py", "memory.py", "model.py", "train.py")
+GENERATED = ("blocks.py", "model.py", *RUNTIME_FILES)
 """The package's Python files that splitter writes (a copied model file is the user's)."""
 
 

@@ -27,6 +27,8 @@ from splitter.plan import Plan
 from splitter.surgery import span_graph
 
 RUNTIME = Path(__file__).parent / "runtime"
+RUNTIME_FILES = ("auxiliary.py", "checkpoint.py", "data.py", "memory.py", "optim.py", "train.py")
+"""Copied verbatim (under the provenance header) into every package."""
 TEMPLATES = jinja2.Environment(
     loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
     keep_trailing_newline=True,
@@ -89,7 +91,7 @@ def package_files(
     view = Viewer(plan, source)
     files = dict(source.files)
     files["blocks.py"] = TEMPLATES.get_template("blocks.py.jinja").render(view.blocks(top))
-    for name in ("auxiliary.py", "data.py", "memory.py", "train.py"):
+    for name in RUNTIME_FILES:
         files[name] = f"{top}\n{(RUNTIME / name).read_text(encoding='utf-8')}"
     files["spec.lock.yaml"] = view.lock(top, version)
     files["README.md"] = TEMPLATES.get_template("README.md.jinja").render(view.readme(top))

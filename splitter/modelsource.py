@@ -13,7 +13,7 @@ from pathlib import Path
 from splitter.errors import SplitterError
 from splitter.modelref import import_model_file, split_file_ref
 
-RESERVED = ("model", "blocks", "auxiliary", "data", "memory", "train")
+RESERVED = ("auxiliary", "blocks", "checkpoint", "data", "memory", "model", "optim", "train")
 """Module names the package uses for its own files."""
 
 

@@ -93,6 +93,7 @@ SURFACE = {
     "verify": ["--format"],
     "partition": ["--blocks", "--budget", "--balance", "--aux", "--optimizer", "--spec",
                   "--output", "--force", "--format"],
+    "compile": ["--output", "--force", "--blocks", "--aux"],
     "schema": [],
 }
 MODEL_OPTIONS = ["--model-arg", "--input-shape", "--input-dtype", "--batch-size", "--precision",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -36,3 +38,18 @@ def test_split_verifies_on_cuda() -> None:
     x = torch.rand(8, 3, 32, 32, device="cuda")
     result = verify(target, graphs, cuts, surgery, x)  # type: ignore[arg-type]
     assert result.output_equal_eval and all(b.isolated for b in result.blocks)
+
+
+@pytest.mark.parametrize("flags", [[], ["--precision", "fp16", "--channels-last"], ["--mode", "e2e"]])
+def test_compiled_package_trains_on_cuda(tmp_path: Path, flags: list[str]) -> None:
+    from splitter.compiler import compile_package
+    from splitter.package import load_package
+
+    spec = EXAMPLES / "resnet_cifar" / "spec.yaml"
+    out = tmp_path / "pkg"
+    compile_package(str(EXAMPLES / "resnet_cifar" / "model.py"), str(spec), ModelOptions(), out=str(out))
+    args = ["--data", "synthetic", "--steps", "3", "--device", "cuda", "--out", str(tmp_path / "r")]
+    with load_package(out) as train:
+        metrics = train.train([*args, *flags])
+    assert metrics["peak_memory_method"] == "cuda_max_memory_allocated"
+    assert metrics["peak_memory_bytes"] > 0 and metrics["device"].startswith("cuda")

@@ -209,6 +209,14 @@ def test_resume_continues_to_the_uninterrupted_weights(
     assert all(torch.equal(aux_a[k], aux_b[k]) for k in aux_a)
 
 
+@pytest.mark.parametrize("flags", [["--precision", "bf16"], ["--channels-last", "--threads", "1"]])
+def test_precision_and_memory_format_flags_train(
+    train: ModuleType, tmp_path: Path, flags: list[str]
+) -> None:
+    metrics = run(train, tmp_path, "--steps", "2", *flags)
+    assert all(loss == loss for loss in metrics["block_losses"])  # finite, not NaN
+
+
 def test_e2e_mode_trains_the_unsplit_model(train: ModuleType, tmp_path: Path) -> None:
     metrics = run(train, tmp_path, "--steps", "2", "--mode", "e2e")
     assert metrics["mode"] == "e2e" and len(metrics["block_losses"]) == 1

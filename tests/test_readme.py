@@ -29,10 +29,15 @@ def test_readme_opens_with_exactly_two_commands() -> None:
 
 
 @pytest.mark.parametrize("command", readme_commands())
-def test_readme_command_runs(command: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_readme_command_runs(
+    command: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Each command runs in a fresh folder holding the repository's examples, so what it
+    writes (`build/...`) lands there."""
     if "timm:" in command and importlib.util.find_spec("timm") is None:
         pytest.skip("timm not installed")
-    monkeypatch.chdir(README.parent)
+    (tmp_path / "examples").symlink_to(README.parent / "examples")
+    monkeypatch.chdir(tmp_path)
     argv = shlex.split(command.split(">")[0])[1:]
     result = CliRunner().invoke(app, argv)
     assert result.exit_code == 0, result.stderr

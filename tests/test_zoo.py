@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +15,9 @@ import torchvision
 
 from schemas import parse_spec
 from splitter.analysis import Analysis, analyze
+from splitter.compiler import compile_package
 from splitter.errors import SplitterError
+from splitter.package import load_package
 from splitter.plan import plan_for
 from splitter.verify import tree_equal, verify_plan
 from splitter.modelref import ModelOptions
@@ -97,3 +102,25 @@ def test_detection_backbone_verifies_as_root() -> None:
 
 def test_the_zoo_is_complete() -> None:
     assert len(TORCHVISION) == 80
+
+
+@pytest.mark.parametrize("name", TORCHVISION)
+def test_torchvision_compiles_and_trains_a_step(name: str, tmp_path: Path) -> None:
+    """K = 4 memory-balanced blocks (fewer where the model has fewer legal cuts) with momentum
+    auxiliaries; the emitted package trains one step on synthetic data."""
+    size = SMALLEST.get(name, 32)
+    options = ModelOptions(batch_size=2, input_shape=(3, size, size))
+    out, blocks = tmp_path / "pkg", 4
+    try:
+        compile_package(f"torchvision:{name}", None, options, out=str(out), blocks=blocks)
+    except SplitterError as error:
+        found = re.search(r"use at most (\d+) blocks", str(error))
+        if not found:
+            raise
+        blocks = int(found.group(1))
+        compile_package(f"torchvision:{name}", None, options, out=str(out), blocks=blocks)
+    args = ["--data", "synthetic", "--steps", "1", "--batch-size", "2", "--eval-batches", "1"]
+    with load_package(out) as train:
+        metrics = train.train([*args, "--out", str(tmp_path / "runs")])
+    assert len(metrics["block_losses"]) == blocks
+    assert all(math.isfinite(loss) for loss in metrics["block_losses"])

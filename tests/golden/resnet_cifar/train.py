@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
-import math
 import statistics
 import sys
 import time
@@ -35,8 +35,10 @@ import yaml
 from torch import nn
 
 import blocks
+import checkpoint
 import data
 import model as model_file
+import optim
 from memory import PeakMemory
 
 HERE = Path(__file__).resolve().parent
@@ -66,6 +68,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--resume", nargs="?", const="", default=None, metavar="PATH")
     p.add_argument("--export", default=None, metavar="PATH", help="save the model's state_dict")
     p.add_argument("--save-every", type=int, default=0, help="steps between checkpoints")
+    p.add_argument("--eval-batches", type=int, default=None, help="evaluate on this many batches")
     p.add_argument("--log-every", type=int, default=10, help="steps between progress lines")
     return p.parse_args(argv)
 
@@ -120,51 +123,18 @@ def select_output(out: Any) -> torch.Tensor:
     return out[key or 0]  # type: ignore[no-any-return]
 
 
-# ---------------------------------------------------------------- optimizers and schedule
-
-
-def make_optimizer(params: list[nn.Parameter]) -> torch.optim.Optimizer:
-    opt = TRAINING["optimizer"]
-    if opt["name"] == "adamw":
-        return torch.optim.AdamW(
-            params, lr=opt["lr"], betas=tuple(opt["betas"]), weight_decay=opt["weight_decay"]
-        )
-    return torch.optim.SGD(
-        params,
-        lr=opt["lr"],
-        momentum=opt["momentum"],
-        nesterov=opt["nesterov"] and opt["momentum"] > 0,
-        weight_decay=opt["weight_decay"],
-    )
-
-
-def trainable(*modules: nn.Module) -> list[nn.Parameter]:
-    """The parameters that get gradients (EMA copies do not), each once."""
-    params = (p for m in modules for p in m.parameters() if p.requires_grad)
-    return list({id(p): p for p in params}.values())
+# ---------------------------------------------------------------- optimizers
 
 
 def make_optimizers(parts: Parts, mode: str) -> list[torch.optim.Optimizer]:
     """One optimizer per block (with its auxiliary), or one for everything."""
+    config = TRAINING["optimizer"]
     if mode == "e2e":
-        return [make_optimizer(trainable(parts.model))]
+        return [optim.optimizer(config, optim.trainable(parts.model))]
     if TRAINING["optimizer_scope"] == "global":
-        return [make_optimizer(trainable(parts.blocks, parts.auxiliaries))]
+        return [optim.optimizer(config, optim.trainable(parts.blocks, parts.auxiliaries))]
     pairs = zip(parts.blocks, [*parts.auxiliaries, nn.Module()], strict=True)
-    return [make_optimizer(trainable(block, aux)) for block, aux in pairs]
-
-
-def lr_factor(step: int, total: int, steps_per_epoch: int) -> float:
-    """The schedule's multiple of the base learning rate at `step` (linear warm-up first)."""
-    schedule = TRAINING["schedule"]
-    warmup = min(int(schedule["warmup_epochs"]) * steps_per_epoch, total - 1)
-    if step < warmup:
-        return (step + 1) / (warmup + 1)
-    if schedule["name"] == "cosine":
-        return float(0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup))))
-    if schedule["name"] == "step":
-        return float(schedule["gamma"] ** (step // steps_per_epoch // schedule["step_size"]))
-    return 1.0
+    return [optim.optimizer(config, optim.trainable(block, aux)) for block, aux in pairs]
 
 
 # ---------------------------------------------------------------- one training step
@@ -233,11 +203,12 @@ def accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(net: nn.Module, dataset: data.Data, batch_size: int, device: torch.device) -> float:
+def evaluate(net: nn.Module, s: Step, args: argparse.Namespace, device: torch.device) -> float:
     """Test accuracy of the model (the chained blocks share its modules)."""
     net.eval()
     correct = seen = 0
-    for x, y in dataset.test_batches(batch_size):
+    batches = s.dataset.test_batches(args.batch_size)
+    for x, y in itertools.islice(batches, args.eval_batches):
         logits = select_output(net(x.to(device)))
         correct += int((logits.argmax(dim=1).cpu() == y).sum())
         seen += len(y)
@@ -249,35 +220,13 @@ def evaluate(net: nn.Module, dataset: data.Data, batch_size: int, device: torch.
 
 
 def save_checkpoint(path: Path, step: int, s: Step) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {
-        "step": step,
-        "model": s.parts.model.state_dict(),
-        "auxiliaries": s.parts.auxiliaries.state_dict(),
-        "optimizers": [o.state_dict() for o in s.optimizers],
-        "scaler": s.scaler.state_dict(),
-        "rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-    torch.save(state, path.with_suffix(".tmp"))
-    path.with_suffix(".tmp").replace(path)
+    modules = {"model": s.parts.model, "auxiliaries": s.parts.auxiliaries}
+    checkpoint.save(path, step, modules, s.optimizers, s.scaler)
 
 
 def load_checkpoint(path: Path, s: Step) -> int:
-    if not path.is_file():
-        raise ConfigError(f"--resume: no checkpoint at `{path}`; pass the checkpoint.pt of a run")
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    s.parts.model.load_state_dict(state["model"])
-    s.parts.auxiliaries.load_state_dict(state["auxiliaries"])
-    if len(state["optimizers"]) != len(s.optimizers):
-        raise ConfigError(f"`{path}` was saved by a run in another --mode; resume it in that mode")
-    for optimizer, saved in zip(s.optimizers, state["optimizers"], strict=True):
-        optimizer.load_state_dict(saved)
-    s.scaler.load_state_dict(state["scaler"])
-    torch.set_rng_state(state["rng"])
-    if state["cuda_rng"]:
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
-    return int(state["step"])
+    modules = {"model": s.parts.model, "auxiliaries": s.parts.auxiliaries}
+    return int(checkpoint.load(path, modules, s.optimizers, s.scaler))
 
 
 # ---------------------------------------------------------------- the run
@@ -361,9 +310,13 @@ def train(argv: Sequence[str] | None = None) -> dict[str, Any]:
         else 0
     )
     run_step = local_step if args.mode == "local" else e2e_step
-    times, evaluations, stats = [], [], []
+    times: list[float] = []
+    evaluations: list[dict[str, Any]] = []
+    stats: list[tuple[torch.Tensor, ...]] = []
     for step, (x, y) in batches(s, args, start, total):
-        lr = TRAINING["optimizer"]["lr"] * lr_factor(step, total, per_epoch)
+        lr = TRAINING["optimizer"]["lr"] * optim.lr_factor(
+            TRAINING["schedule"], step, total, per_epoch
+        )
         for group in (g for optimizer in s.optimizers for g in optimizer.param_groups):
             group["lr"] = lr
         began = time.perf_counter()
@@ -372,12 +325,31 @@ def train(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if (step + 1) % args.log_every == 0 or step + 1 == total:
             progress(step + 1, total, stats)
         if (step + 1) % per_epoch == 0 or step + 1 == total:
-            acc = evaluate(s.parts.model, s.dataset, args.batch_size, device)
+            acc = evaluate(s.parts.model, s, args, device)
             evaluations.append({"step": step + 1, "test_accuracy": acc})
             print(f"step {step + 1}: test accuracy {acc:.4f}", file=sys.stderr)
         if (step + 1) % per_epoch == 0 or step + 1 == total or saving(args, step + 1):
             save_checkpoint(out / "checkpoint.pt", step + 1, s)
-    metrics = {
+    metrics = report(args, s, device, stats, evaluations, times, total)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    if args.export:
+        torch.save(s.parts.model.state_dict(), args.export)
+    print(f"test accuracy {metrics['test_accuracy']}; metrics in {out / 'metrics.json'}")
+    return metrics
+
+
+def report(
+    args: argparse.Namespace,
+    s: Step,
+    device: torch.device,
+    stats: list[tuple[torch.Tensor, ...]],
+    evaluations: list[dict[str, Any]],
+    times: list[float],
+    total: int,
+) -> dict[str, Any]:
+    """The metrics of a run (the keys of metrics.json)."""
+    return {
         "mode": args.mode,
         "data": args.data,
         "steps": total,
@@ -393,12 +365,6 @@ def train(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "peak_memory_method": s.memory.method,
         "step_time_s": statistics.median(times) if times else None,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    if args.export:
-        torch.save(s.parts.model.state_dict(), args.export)
-    print(f"test accuracy {metrics['test_accuracy']}; metrics in {out / 'metrics.json'}")
-    return metrics
 
 
 def saving(args: argparse.Namespace, step: int) -> bool:
@@ -415,7 +381,7 @@ def progress(step: int, total: int, stats: list[tuple[torch.Tensor, ...]]) -> No
 def main() -> None:
     try:
         train()
-    except (ConfigError, data.DataError) as error:
+    except (ConfigError, data.DataError, checkpoint.CheckpointError) as error:
         sys.exit(f"error: {error}")
 
 

@@ -1,0 +1,102 @@
+"""Test accuracy, peak activation memory and step time of the compiled CIFAR ResNet-32 on
+scikit-learn's digits: end-to-end training against local learning with each auxiliary.
+
+    python benchmarks/digits_accuracy.py            # 10 epochs, seed 0
+    python benchmarks/digits_accuracy.py --quick    # 2 epochs
+    python benchmarks/digits_accuracy.py --seeds 0 1 2 --blocks 8
+
+Every run compiles examples/resnet_cifar/model.py with `splitter compile` into a temporary
+folder and trains the emitted package in this process (`splitter.package.load_package`).
+Prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from splitter.compiler import compile_package
+from splitter.modelref import ModelOptions
+from splitter.package import load_package
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = ROOT / "examples" / "resnet_cifar" / "model.py"
+CUTS = {4: ["layer1.2", "layer2.1", "layer3.0"]}  # InfoPro's K = 4 for ResNet-32
+METHODS: dict[str, dict[str, Any] | None] = {
+    "e2e": None,
+    "linear": {"kind": "linear"},
+    "conv": {"kind": "conv"},
+    "momentum (MAN)": {"kind": "momentum", "learnable_scale": False},
+    "momentum (MAN++)": {"kind": "momentum"},
+}
+
+
+def spec_text(blocks: int, aux: dict[str, Any] | None) -> str:
+    partition = {"cuts": CUTS[blocks]} if blocks in CUTS else {"auto": {"blocks": blocks}}
+    spec = {
+        "version": 1,
+        "model": {"ref": str(MODEL), "input_shape": [3, 32, 32]},
+        "partition": partition,
+        "aux": {"default": aux or {"kind": "linear"}},
+        "training": {"data": {"name": "digits"}},
+    }
+    return yaml.safe_dump(spec, sort_keys=False)
+
+
+def run(method: str, blocks: int, epochs: int, seed: int, folder: Path) -> dict[str, Any]:
+    aux = METHODS[method]
+    spec = folder / f"{method.split()[0]}-{blocks}.yaml"
+    spec.write_text(spec_text(blocks, aux))
+    out = folder / f"pkg-{method.split()[-1].strip('()')}-{blocks}"
+    if not out.exists():
+        compile_package(None, str(spec), ModelOptions(), out=str(out))
+    mode = "e2e" if aux is None else "local"
+    args = ["--mode", mode, "--epochs", str(epochs), "--seed", str(seed), "--log-every", "1000"]
+    began = time.perf_counter()
+    with load_package(out) as train:
+        metrics: dict[str, Any] = train.train([*args, "--out", str(folder / "runs")])
+    metrics["wall_s"] = time.perf_counter() - began
+    return metrics
+
+
+def cell(values: list[float], fmt: str) -> str:
+    if len(values) == 1:
+        return format(values[0], fmt)
+    return f"{format(statistics.mean(values), fmt)} ± {format(statistics.pstdev(values), fmt)}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--blocks", type=int, default=4)
+    parser.add_argument("--quick", action="store_true", help="2 epochs")
+    args = parser.parse_args()
+    epochs = 2 if args.quick else args.epochs
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for method in METHODS:
+            runs = [run(method, args.blocks, epochs, s, Path(tmp)) for s in args.seeds]
+            rows.append((method, runs))
+    print(f"ResNet-32 on digits, K = {args.blocks}, {epochs} epochs, seeds {args.seeds}\n")
+    print("| method | test accuracy | peak activation MiB | step time ms | wall s |")
+    print("|---|---|---|---|---|")
+    for method, runs in rows:
+        acc = [100 * r["test_accuracy"] for r in runs]
+        mib = [r["peak_memory_bytes"] / 2**20 for r in runs]
+        step = [1000 * r["step_time_s"] for r in runs]
+        wall = [r["wall_s"] for r in runs]
+        print(
+            f"| {method} | {cell(acc, '.1f')}% | {cell(mib, '.1f')} | {cell(step, '.0f')} | "
+            f"{cell(wall, '.0f')} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
