@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import ModuleType
 
+import torch
 import torch.fx as fx
 from torch import nn
 from torch.fx.graph import _custom_builtins
@@ -29,6 +30,8 @@ class ModuleSource:
     doc: str
     owned: tuple[str, ...]
     methods: str
+    constants: tuple[str, ...] = ()
+    """`__init__` lines that rebuild tensor constants fx recorded while tracing."""
 
 
 @dataclass
@@ -71,10 +74,16 @@ def module_source(
     model: nn.Module,
     imports: Imports,
     batch: int,
+    owner: str = "model",
 ) -> ModuleSource:
-    """An emitted class running `graphs` ("train" and, when it differs, "eval")."""
+    """An emitted class running `graphs` ("train" and, when it differs, "eval"), built from
+    the module named `owner` in its `__init__`."""
     codes = {mode: _method(graph, imports, batch) for mode, graph in graphs.items()}
-    targets = [t for graph in graphs.values() for t in _targets(graph)]
+    found = [t for graph in graphs.values() for t in _targets(graph)]
+    targets = [t for t in found if not _is_constant(model, t)]
+    constants = tuple(
+        _constant(model, t, owner) for t in dict.fromkeys(found) if _is_constant(model, t)
+    )
     train = codes["train"]
     if _plain(codes.get("eval", train)) == _plain(train):
         methods = _rename(train, "forward")
@@ -90,7 +99,47 @@ def module_source(
         methods = "\n".join(
             [dispatch, _rename(train, "forward_train"), _rename(codes["eval"], "forward_eval")]
         )
-    return ModuleSource(name, doc, owned(model, targets), methods)
+    return ModuleSource(name, doc, owned(model, targets), methods, constants)
+
+
+def _is_constant(model: nn.Module, target: str) -> bool:
+    """A tensor fx stored on the model while tracing (`_tensor_constant0`): neither a
+    parameter nor a registered buffer, so a freshly built model lacks it."""
+    *path, leaf = target.split(".")
+    holder = model.get_submodule(".".join(path))
+    value = getattr(holder, leaf, None)
+    registered = leaf in holder._parameters or leaf in holder._buffers
+    return isinstance(value, torch.Tensor) and not registered
+
+
+def _constant(model: nn.Module, target: str, owner: str) -> str:
+    """The `__init__` line that rebuilds a tensor constant: a view of the model's buffer or
+    parameter that holds its values, else a literal when small."""
+    tensor = getattr(model, target, None)
+    if "." in target or not isinstance(tensor, torch.Tensor):
+        raise CodegenError(f"the traced graph reads `{target}`, which the package cannot rebuild")
+    if owner == "block":  # a unit of a block, which holds the constant already
+        return _register(target, f'block.get_buffer("{target}")')
+    buffers = dict(model.named_buffers())
+    held = {**dict(model.named_parameters()), **buffers}
+    for name, value in held.items():
+        if value.untyped_storage().data_ptr() == tensor.untyped_storage().data_ptr():
+            get = (
+                f'get_buffer("{name}")' if name in buffers else f'get_parameter("{name}").detach()'
+            )
+            view = f"{tuple(tensor.shape)}, {tensor.stride()}, {tensor.storage_offset()}"
+            return _register(target, f"{owner}.{get}.as_strided({view})")
+    if tensor.numel() <= 64:
+        return _register(target, f"torch.tensor({tensor.tolist()}, dtype={tensor.dtype})")
+    raise CodegenError(
+        f"the traced graph holds a {tuple(tensor.shape)} {tensor.dtype} tensor `{target}` "
+        "computed while tracing, which the package cannot rebuild; make the module computing "
+        "it a leaf (`--leaf` or `trace.leaf_modules`)"
+    )
+
+
+def _register(name: str, expression: str) -> str:
+    return f'self.register_buffer("{name}", {expression}, persistent=False)'
 
 
 def _plain(code: str) -> str:

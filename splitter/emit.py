@@ -186,7 +186,13 @@ class Viewer:
             "momentum auxiliary runs a trainable and an EMA copy of it."
         )
         return module_source(
-            f"Unit{k}", doc, {"train": graph}, self.analysis.target, self.imports, self.batch
+            f"Unit{k}",
+            doc,
+            {"train": graph},
+            self.analysis.target,
+            self.imports,
+            self.batch,
+            "block",
         )
 
     def _first_unit(self, k: int) -> tuple[str, str]:
@@ -354,13 +360,14 @@ def _represent_list(dumper: yaml.SafeDumper, data: list[Any]) -> yaml.Node:
 _LockDumper.add_representer(list, _represent_list)
 
 
-def _template_view(source: ModuleSource) -> dict[str, str]:
+def _template_view(source: ModuleSource) -> dict[str, Any]:
     methods = "\n".join(("    " + line) if line else "" for line in source.methods.splitlines())
     return {
         "name": source.name,
         "doc": wrap_doc(source.doc, indent=4),
         "owned": json.dumps(list(source.owned)),
         "methods": methods,
+        "constants": list(source.constants),
     }
 
 

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from cli.main import app
 from splitter import compiler
 from splitter.compiler import compile_package
+from splitter.emit import RUNTIME, RUNTIME_FILES
 from splitter.errors import SplitterError
 from splitter.modelref import ModelOptions
 from tests.conftest import EXAMPLES, FIXTURES
@@ -37,12 +38,18 @@ def package_text(folder: Path) -> dict[str, str]:
 def test_example_package_matches_golden(
     spec: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Regenerate with `SPLITTER_UPDATE_GOLDEN=1 pytest tests/test_compile.py`."""
+    """The generated files equal the golden ones; the runtime files are the library's own
+    sources under the provenance header, and model.py is the example's file.
+    Regenerate with `SPLITTER_UPDATE_GOLDEN=1 pytest tests/test_compile.py`."""
     monkeypatch.chdir(EXAMPLES.parent)
     out = tmp_path / "pkg"
     compile_package(None, str(spec.relative_to(EXAMPLES.parent)), ModelOptions(), out=str(out))
-    golden = GOLDEN / spec.parent.name
     files = {name: normalised(text) for name, text in package_text(out).items()}
+    header = files["blocks.py"].split('"""', 1)[0]
+    for name in RUNTIME_FILES:
+        assert files.pop(name) == header + (RUNTIME / name).read_text(), name
+    assert files.pop("model.py") == (spec.parent / "model.py").read_text()
+    golden = GOLDEN / spec.parent.name
     if os.environ.get("SPLITTER_UPDATE_GOLDEN"):
         shutil.rmtree(golden, ignore_errors=True)
         for name, text in files.items():

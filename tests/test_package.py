@@ -218,8 +218,9 @@ def test_precision_and_memory_format_flags_train(
 
 
 def test_e2e_mode_trains_the_unsplit_model(train: ModuleType, tmp_path: Path) -> None:
-    metrics = run(train, tmp_path, "--steps", "2", "--mode", "e2e")
+    metrics = run(train, tmp_path, "--steps", "2", "--mode", "e2e", "--no-checkpoint")
     assert metrics["mode"] == "e2e" and len(metrics["block_losses"]) == 1
+    assert not (tmp_path / "checkpoint.pt").exists() and (tmp_path / "metrics.json").exists()
 
 
 def test_labels_outside_the_output_width_name_num_classes(
@@ -241,3 +242,35 @@ def test_a_changed_model_is_caught_by_its_fingerprint(train: ModuleType) -> None
             train.build(0)
     finally:
         train.PACKAGE["fingerprint"] = saved
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv", "momentum"])
+@pytest.mark.parametrize(("fixture", "layout"), [("nhwc.py", "nhwc"), ("../../examples/tiny_vit/model.py", "nlc")])
+def test_every_kind_serves_maps_and_sequences(
+    kind: str, fixture: str, layout: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "pkg"
+    model = str(Path(__file__).parent / "fixtures" / fixture)
+    compile_package(model, None, ModelOptions(), out=str(out), blocks=3, aux=kind)
+    assert f', "{layout}", num_classes' in (out / "blocks.py").read_text()
+    with load_package(out) as train:
+        metrics = run(train, tmp_path / "runs", "--steps", "2", "--batch-size", "4")
+    assert len(metrics["block_losses"]) == 3
+
+
+@pytest.mark.parametrize("init", ["copy", "fresh"])
+def test_momentum_copies_start_from_the_source_or_afresh(init: str, tmp_path: Path) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        "version: 1\npartition: {cuts: [layer1.2, layer2.1]}\n"
+        f"aux: {{default: {{kind: momentum, init: {init}, learnable_scale: false}}}}\n"
+    )
+    out = tmp_path / "pkg"
+    compile_package(str(EXAMPLES / "resnet_cifar" / "model.py"), str(spec), ModelOptions(), out=str(out))
+    with load_package(out) as train:
+        parts = train.build(0)
+    for aux in parts.auxiliaries:
+        assert "scale" not in dict(aux.named_parameters())  # MAN: s fixed at 1
+        pairs = list(zip(aux.lb.parameters(), aux._source, strict=True))
+        same = [torch.equal(a, b) for a, b in pairs if a.dim() > 1]  # BatchNorm resets to 1, 0
+        assert all(same) if init == "copy" else not any(same)

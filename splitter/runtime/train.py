@@ -65,6 +65,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--resume", nargs="?", const="", default=None, metavar="PATH")
     p.add_argument("--export", default=None, metavar="PATH", help="save the model's state_dict")
     p.add_argument("--save-every", type=int, default=0, help="steps between checkpoints")
+    p.add_argument("--no-checkpoint", action="store_true", help="write no checkpoint.pt")
     p.add_argument("--eval-batches", type=int, default=None, help="evaluate on this many batches")
     p.add_argument("--log-every", type=int, default=10, help="steps between progress lines")
     return p.parse_args(argv)
@@ -325,14 +326,15 @@ def train(argv: Sequence[str] | None = None) -> dict[str, Any]:
             acc = evaluate(s.parts.model, s, args, device)
             evaluations.append({"step": step + 1, "test_accuracy": acc})
             print(f"step {step + 1}: test accuracy {acc:.4f}", file=sys.stderr)
-        if (step + 1) % per_epoch == 0 or step + 1 == total or saving(args, step + 1):
+        if saving(args, step + 1, per_epoch, total):
             save_checkpoint(out / "checkpoint.pt", step + 1, s)
     metrics = report(args, s, device, stats, evaluations, times, total)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     if args.export:
         torch.save(s.parts.model.state_dict(), args.export)
-    print(f"test accuracy {metrics['test_accuracy']}; metrics in {out / 'metrics.json'}")
+    peak = f"{metrics['peak_memory_bytes'] / 2**20:.1f} MiB ({s.memory.method})"
+    print(f"test accuracy {metrics['test_accuracy']}; peak memory {peak}; {out / 'metrics.json'}")
     return metrics
 
 
@@ -364,8 +366,12 @@ def report(
     }
 
 
-def saving(args: argparse.Namespace, step: int) -> bool:
-    return bool(args.save_every) and step % args.save_every == 0
+def saving(args: argparse.Namespace, step: int, per_epoch: int, total: int) -> bool:
+    """Checkpoints: after every epoch, at the end, and every `--save-every` steps."""
+    if args.no_checkpoint:
+        return False
+    every = bool(args.save_every) and step % args.save_every == 0
+    return every or step % per_epoch == 0 or step == total
 
 
 def progress(step: int, total: int, stats: list[tuple[torch.Tensor, ...]]) -> None:
