@@ -63,7 +63,7 @@ def compile_package(
     plan = plan_for(analysis, loaded)
     sources = {"model": ref, **({"spec": spec_path} if spec_path else {})}
     source = model_source(ref)
-    files = package_files(plan, source, sources, __version__)
+    files = package_files(plan, source, sources, __version__, merged.model_args)
     target = Path(out or spec.output.dir or default_out(ref))
     generated = [n for n in GENERATED if n in files and (n != "model.py" or not source.copied)]
     write_package(files, target, force, generated)

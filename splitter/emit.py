@@ -6,6 +6,7 @@ import hashlib
 import importlib.metadata
 import json
 import textwrap
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,12 +84,17 @@ def model_name(ref: str) -> str:
 
 
 def package_files(
-    plan: Plan, source: ModelSource, sources: dict[str, str], version: str
+    plan: Plan,
+    source: ModelSource,
+    sources: dict[str, str],
+    version: str,
+    kwargs: Mapping[str, object] | None = None,
 ) -> dict[str, str]:
-    """Every file of the package, unformatted: generated ones, runtime copies, the model."""
+    """Every file of the package, unformatted: generated ones, runtime copies, the model.
+    `kwargs` are the model's constructor arguments (command line and spec merged)."""
     check_emittable(plan)
     top = header(version, sources)
-    view = Viewer(plan, source)
+    view = Viewer(plan, source, dict(kwargs if kwargs is not None else plan.spec.spec.model.kwargs))
     files = dict(source.files)
     files["blocks.py"] = TEMPLATES.get_template("blocks.py.jinja").render(view.blocks(top))
     for name in RUNTIME_FILES:
@@ -137,8 +143,8 @@ def aux_config(plan: Plan, k: int) -> Any:
 class Viewer:
     """The template variables of each generated file, computed from the plan."""
 
-    def __init__(self, plan: Plan, source: ModelSource) -> None:
-        self.plan, self.source = plan, source
+    def __init__(self, plan: Plan, source: ModelSource, kwargs: dict[str, object]) -> None:
+        self.plan, self.source, self.kwargs = plan, source, kwargs
         self.name = model_name(plan.analysis.model.ref)
         self.analysis = plan.analysis
         self.gm = self.analysis.traced.graph("train")
@@ -286,6 +292,7 @@ class Viewer:
         spec = self.plan.spec.spec.model_dump(mode="json")
         model_input = self.analysis.target_input
         spec["model"].update(
+            kwargs=_plain_values(self.kwargs),
             ref="model.py"
             if self.source.builder == "build_model"
             else f"model.py:{self.source.builder}",
@@ -375,6 +382,16 @@ def wrap_doc(text: str, indent: int) -> str:
     """A docstring body wrapped to 100 columns after its indent and the opening quotes."""
     lines = textwrap.wrap(text, width=100 - indent - 3, break_on_hyphens=False)
     return ("\n" + " " * indent).join(lines)
+
+
+def _plain_values(kwargs: dict[str, object]) -> Any:
+    try:
+        return json.loads(json.dumps(kwargs))
+    except (TypeError, ValueError):
+        raise CompileError(
+            f"model arguments {kwargs} cannot be written to spec.lock.yaml; pass plain values "
+            "(numbers, strings, lists, mappings)"
+        ) from None
 
 
 def _channels(sample: tuple[int, ...], layout: str) -> int:

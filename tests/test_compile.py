@@ -179,3 +179,11 @@ def test_sibling_modules_are_copied_with_the_model(tmp_path: Path) -> None:
     assert (out / "model.py").read_text() == (tmp_path / "net" / "wide.py").read_text()
     assert (out / "layers.py").read_text() == (tmp_path / "net" / "layers.py").read_text()
     assert "builder: build\n" in (out / "spec.lock.yaml").read_text()
+
+
+def test_command_line_model_arguments_reach_the_lock(tmp_path: Path) -> None:
+    out = tmp_path / "pkg"
+    options = ModelOptions(model_args={"num_classes": 7})
+    compile_package(str(EXAMPLES / "resnet_cifar" / "model.py"), None, options, out=str(out))
+    lock = (out / "spec.lock.yaml").read_text()
+    assert "kwargs:\n    num_classes: 7\n" in lock and "num_classes: 7\n  fingerprint" in lock

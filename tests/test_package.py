@@ -274,3 +274,10 @@ def test_momentum_copies_start_from_the_source_or_afresh(init: str, tmp_path: Pa
         pairs = list(zip(aux.lb.parameters(), aux._source, strict=True))
         same = [torch.equal(a, b) for a, b in pairs if a.dim() > 1]  # BatchNorm resets to 1, 0
         assert all(same) if init == "copy" else not any(same)
+
+
+@pytest.mark.slow
+def test_torch_compile_flag_trains(train: ModuleType, tmp_path: Path) -> None:
+    """`--compile` (inductor on CPU needs a C++ compiler: minutes, hence `slow`)."""
+    metrics = run(train, tmp_path, "--steps", "2", "--compile", "--no-checkpoint")
+    assert all(loss == loss for loss in metrics["block_losses"])

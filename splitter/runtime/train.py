@@ -28,8 +28,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import nn
+
+try:
+    import yaml
+except ImportError:  # torch does not depend on it
+    sys.exit("train.py reads spec.lock.yaml with PyYAML: `pip install pyyaml`")
 
 import blocks
 import checkpoint
