@@ -142,12 +142,12 @@ class CostModel:
         return self._aux[key]
 
     def _aux_cost(self, config: object, k: int, j: int, blocks: int) -> AuxCost:
-        shape = self._shape(j)
-        layout = self._layout(config, j)
+        shape = self.shape(j)
+        layout = self.layout(config, j)
         if isinstance(config, MomentumAux):
-            end = self._first_unit_end(j)
+            end = self.first_unit_end(j)
             unit_params = self._sum("param_bytes", j, end)
-            head = self._head_cost(config.head, self._shape(end), self._layout(config.head, end))
+            head = self._head_cost(config.head, self.shape(end), self.layout(config.head, end))
             return AuxCost(
                 saved_bytes=self._sum("saved_bytes", j, end) + head.saved_bytes,
                 param_bytes=2 * unit_params + head.param_bytes,
@@ -191,18 +191,18 @@ class CostModel:
     def _augmented_cost(self, config: AugmentedAux, k: int, j: int, blocks: int) -> AuxCost:
         """AugLocal: fresh copies of sampled later units (DESIGN 3) and a linear head."""
         picked = augmented_units(self.feature_unit_ends, j, k, blocks, config.depth, config.tau)
-        spans = [(self._unit_start(end), end) for end in picked]
+        spans = [(self.unit_start(end), end) for end in picked]
         saved = sum(self._sum("saved_bytes", a, b) for a, b in spans)
         params = sum(self._sum("param_bytes", a, b) for a, b in spans)
         last = picked[-1] if picked else j
-        shape = self._shape(last)
-        head = partial(LinearHead, shape[1:], self._layout(config, last), self.num_classes)
+        shape = self.shape(last)
+        head = partial(LinearHead, shape[1:], self.layout(config, last), self.num_classes)
         cost = _measure(head, shape, self.precision)
         return AuxCost(
             saved + cost.saved_bytes, params + cost.param_bytes, params + cost.trainable_bytes
         )
 
-    def _shape(self, j: int) -> tuple[int, ...]:
+    def shape(self, j: int) -> tuple[int, ...]:
         shape = self.costs[self.position[j]].shape
         if shape is None and j == self.boundaries:
             shape = self._output_shape()  # a tuple or dict: the first output
@@ -210,11 +210,11 @@ class CostModel:
             raise SplitterError(f"boundary {j} carries no single tensor")
         return shape
 
-    def _layout(self, config: object, j: int) -> Layout:
+    def layout(self, config: object, j: int) -> Layout:
         chosen = getattr(config, "layout", "auto")
         if chosen != "auto":
             return cast(Layout, chosen)
-        return infer_layout(self.gm, self.nodes[self.position[j]], self._shape(j))
+        return infer_layout(self.gm, self.nodes[self.position[j]], self.shape(j))
 
     @property
     def precision(self) -> Precision:
@@ -235,17 +235,17 @@ class CostModel:
         ends = [j for j in range(1, self.boundaries + 1) if self._sum("params", j - 1, j) > 0]
         return ends or [self.boundaries]
 
-    def _first_unit_end(self, j: int) -> int:
+    def first_unit_end(self, j: int) -> int:
         return next((end for end in self.unit_ends if end > j), self.boundaries)
 
-    def _unit_start(self, end: int) -> int:
+    def unit_start(self, end: int) -> int:
         before = [e for e in self.unit_ends if e < end]
         return before[-1] if before else 0
 
     @cached_property
     def feature_unit_ends(self) -> list[int]:
         """Units before the global pooling: their outputs are maps or token sequences."""
-        return [e for e in self.unit_ends if e < self.boundaries and len(self._shape(e)) >= 3]
+        return [e for e in self.unit_ends if e < self.boundaries and len(self.shape(e)) >= 3]
 
     # ---------------------------------------------------------------- totals
 

@@ -7,7 +7,6 @@ import importlib.metadata
 import json
 import textwrap
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,16 +15,13 @@ import torch.fx as fx
 import yaml
 from torch import nn
 
-from schemas.auxiliary import ConvAux, LinearAux, MomentumAux
 from splitter.annotate import node_cost
+from splitter.auxview import AUX_CLASSES, AuxiliaryViews, aux_config
 from splitter.codegen import Imports, ModuleSource, module_source
 from splitter.costs import output_shape
-from splitter.cuts import units
 from splitter.errors import SplitterError
-from splitter.heads import Layout, infer_layout
 from splitter.modelsource import ModelSource
 from splitter.plan import Plan
-from splitter.surgery import span_graph
 
 RUNTIME = Path(__file__).parent / "runtime"
 RUNTIME_FILES = ("auxiliary.py", "checkpoint.py", "data.py", "memory.py", "optim.py", "train.py")
@@ -38,28 +34,11 @@ TEMPLATES = jinja2.Environment(
     undefined=jinja2.StrictUndefined,
     autoescape=False,
 )
-EMITTED_KINDS = ("linear", "conv", "momentum")
-_RANK = {"nchw": 3, "nhwc": 3, "ncl": 2, "nlc": 2, "nc": 1}
-"""Dimensions of one sample in each layout."""
-_LAYOUT_WORDS = {
-    "nchw": "n image map",
-    "nhwc": "n image map",
-    "ncl": " token sequence",
-    "nlc": " token sequence",
-    "nc": " feature vector",
-}
+EMITTED_KINDS = ("linear", "conv", "momentum", "infopro", "augmented")
 
 
 class CompileError(SplitterError):
     """The plan asks for something the emitted package cannot do."""
-
-
-@dataclass(frozen=True)
-class AuxView:
-    """One auxiliary in `build_auxiliaries`: comment lines and the expression that builds it."""
-
-    comments: list[str]
-    expression: str
 
 
 def fingerprint(model: nn.Module) -> str:
@@ -135,11 +114,6 @@ def check_emittable(plan: Plan) -> None:
         raise CompileError("cannot compile this plan:\n" + "\n".join(f"  {p}" for p in problems))
 
 
-def aux_config(plan: Plan, k: int) -> Any:
-    aux = plan.spec.spec.aux
-    return aux.blocks.get(k, aux.default)
-
-
 class Viewer:
     """The template variables of each generated file, computed from the plan."""
 
@@ -157,9 +131,12 @@ class Viewer:
 
     def blocks(self, top: str) -> dict[str, Any]:
         blocks = [self._block(k) for k in range(len(self.plan.surgery.blocks))]
-        auxiliaries = [self._auxiliary(k) for k in range(len(blocks) - 1)]
-        units = [self._unit(k + 1) for k in range(len(blocks) - 1) if self._momentum(k)]
-        local = {"from auxiliary import " + ", ".join(sorted(self._aux_names(auxiliaries)))}
+        views = AuxiliaryViews(self.plan, self.imports, self.batch)
+        auxiliaries = views.views()
+        units = list(views.units.values())
+        text = " ".join(a.expression for a in auxiliaries)
+        used = sorted(name for name in AUX_CLASSES if f"{name}(" in text)
+        local = {"from auxiliary import " + ", ".join(used)}
         return {
             "header": top,
             "title": self.title(),
@@ -183,30 +160,6 @@ class Viewer:
             f"Block{k}", doc, graphs, self.analysis.target, self.imports, self.batch
         )
 
-    def _unit(self, k: int) -> ModuleSource:
-        """The first unit of block k: what block k-1's momentum auxiliary copies."""
-        start, end = self._first_unit(k)
-        graph = span_graph(self.gm, self._node(start), self._node(end))
-        doc = (
-            f"The first unit of block {k} (after `{start}` up to `{end}`): block {k - 1}'s "
-            "momentum auxiliary runs a trainable and an EMA copy of it."
-        )
-        return module_source(
-            f"Unit{k}",
-            doc,
-            {"train": graph},
-            self.analysis.target,
-            self.imports,
-            self.batch,
-            "block",
-        )
-
-    def _first_unit(self, k: int) -> tuple[str, str]:
-        spans = units(self.gm, self.analysis.cuts.cuts, [c.name for c in self.plan.cuts])
-        start = self.names[k]
-        unit = next(u for u in spans if u.start == start)
-        return start, unit.end
-
     def _node(self, cut: str) -> str | None:
         if cut in ("input", "output"):
             return None
@@ -227,64 +180,12 @@ class Viewer:
         shape = self._boundary(cut)[1]
         return "(" + ", ".join(["B", *map(str, shape[1:])]) + ")"
 
-    # ---------------------------------------------------------------- auxiliaries
-
-    def _momentum(self, k: int) -> bool:
-        return isinstance(aux_config(self.plan, k), MomentumAux)
-
-    def _auxiliary(self, k: int) -> AuxView:
-        config = aux_config(self.plan, k)
-        cut = self.names[k + 1]
-        if not isinstance(config, MomentumAux):
-            head, layout = self._head(config, cut, k)
-            return AuxView([self._comment(k, cut, layout)], f"Classifier({head})")
-        _, end = self._first_unit(k + 1)
-        head, layout = self._head(config.head, end, k)
-        expression = (
-            f"Momentum(Unit{k + 1}(blocks[{k + 1}]), Classifier({head}), decay={config.decay}, "
-            f'learnable_scale={config.learnable_scale}, init="{config.init}")'
-        )
-        copies = f"a trainable and an EMA copy of block {k + 1}'s first unit (up to `{end}`)"
-        return AuxView([self._comment(k, cut, layout), copies], expression)
-
-    def _comment(self, k: int, cut: str, layout: str) -> str:
-        return f"block {k} ends at `{cut}`: {self._shape_text(cut)}, {layout}"
-
-    def _head(self, config: Any, cut: str, k: int) -> tuple[str, Layout]:
-        node, shape = self._boundary(cut)
-        layout: Layout = (
-            config.layout if config.layout != "auto" else infer_layout(self.gm, node, shape)
-        )
-        sample = tuple(shape[1:])
-        if len(sample) != _RANK[layout]:
-            fits = [name for name, rank in _RANK.items() if rank == len(sample)]
-            raise CompileError(
-                f"block {k}'s `{config.kind}` auxiliary has `layout: {layout}`, but the tensor "
-                f"at `{cut}` is {self._shape_text(cut)}, which is not a{_LAYOUT_WORDS[layout]}; "
-                f"use `layout: auto`{''.join(f' or `{f}`' for f in fits)}"
-            )
-        if isinstance(config, LinearAux):
-            return f'LinearHead({sample}, "{layout}", num_classes)', layout
-        if isinstance(config, ConvAux):
-            width = config.width or 2 * _channels(sample, layout)
-            options = f"depth={config.depth}, width={width}, hidden={config.hidden}"
-            return f'ConvHead({sample}, "{layout}", num_classes, {options})', layout
-        raise CompileError(
-            f"`{config.kind}` cannot be the head of a momentum auxiliary in a compiled package; "
-            "use `linear` or `conv`"
-        )
-
     def _local_imports(self) -> set[str]:
         """Imports of the package's own modules (the model file and its siblings)."""
         own = set(self.source.renamed.values()) | {
             Path(f).parts[0].removesuffix(".py") for f in self.source.files
         }
         return {line for line in self.imports.lines if line.split()[1].split(".")[0] in own}
-
-    @staticmethod
-    def _aux_names(auxiliaries: list[AuxView]) -> set[str]:
-        text = " ".join(a.expression for a in auxiliaries)
-        return {n for n in ("Classifier", "ConvHead", "LinearHead", "Momentum") if n + "(" in text}
 
     # ---------------------------------------------------------------- lock and README
 

@@ -25,6 +25,15 @@ def channels_first(x: torch.Tensor, layout: Layout) -> torch.Tensor:
     return x
 
 
+def channels_last_as(x: torch.Tensor, layout: Layout) -> torch.Tensor:
+    """Back from channels first to `layout` (the inverse of `channels_first`)."""
+    if layout == "nhwc":
+        return x.permute(0, 2, 3, 1)
+    if layout == "nlc":
+        return x.transpose(1, 2)
+    return x
+
+
 def pool(x: torch.Tensor, layout: Layout) -> torch.Tensor:
     """Global average over the spatial or token axes of a channels-first tensor."""
     return x if layout == "nc" else x.flatten(2).mean(dim=2)
@@ -206,6 +215,64 @@ class Momentum(Auxiliary):
             torch._foreach_mul_(ema, self.decay)
             torch._foreach_add_(ema, list(self._source), alpha=1 - self.decay)
         self.head.after_backward()
+
+
+class InfoPro(Auxiliary):
+    """InfoPro: `lambda1` times the BCE of a decoder reconstructing the un-normalised input
+    from the block's output, plus `lambda2` times the cross entropy of a classifier head."""
+
+    def __init__(
+        self, decoder: InfoProDecoder, head: nn.Module, lambda1: float, lambda2: float
+    ) -> None:
+        super().__init__()
+        self.decoder, self.head = decoder, head
+        self.lambda1, self.lambda2 = lambda1, lambda2
+
+    def forward(
+        self, h: torch.Tensor, target: torch.Tensor, image: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        logits: torch.Tensor = self.head(h)
+        recon = F.binary_cross_entropy(self.decoder(h), image.clamp(0, 1))
+        return self.lambda1 * recon + self.lambda2 * F.cross_entropy(logits, target), logits
+
+
+class Adapter(nn.Module):
+    """A learned 1x1 projection (conv for maps, Linear for sequences and features) and average
+    pooling, from one unit's output shape to the next sampled unit's input shape."""
+
+    def __init__(
+        self, source: tuple[int, ...], layout: Layout, target: tuple[int, ...], out: Layout
+    ) -> None:
+        super().__init__()
+        self.layout, self.out = layout, out
+        self.size = spatial(target, out)
+        self.proj = nn.Linear(channels(source, layout), channels(target, out))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        x = channels_first(h, self.layout)
+        x = self.proj(x.movedim(1, -1)).movedim(-1, 1)  # 1x1 convolution = Linear over channels
+        if len(self.size) == 1 and x.shape[2] != self.size[0]:
+            x = F.adaptive_avg_pool1d(x, self.size[0])
+        elif len(self.size) == 2 and list(x.shape[2:]) != self.size:
+            x = F.adaptive_avg_pool2d(x, (self.size[0], self.size[1]))
+        return channels_last_as(x, self.out)
+
+
+class Augmented(Auxiliary):
+    """AugLocal: fresh copies of units sampled from the rest of the network (adapters where
+    consecutive shapes differ), then pooling and a Linear classifier."""
+
+    def __init__(self, layers: list[nn.Module], head: nn.Module, sampled: tuple[int, ...]) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(*(copy.deepcopy(layer) for layer in layers))
+        _reset(self.layers)
+        self.head, self.sampled = head, sampled  # the model's feature units copied
+
+    def forward(
+        self, h: torch.Tensor, target: torch.Tensor, image: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        logits: torch.Tensor = self.head(self.layers(h))
+        return F.cross_entropy(logits, target), logits
 
 
 def _reset(module: nn.Module) -> None:

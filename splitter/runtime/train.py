@@ -95,7 +95,7 @@ def build(seed: int) -> Parts:
     check_fingerprint(net)
     split = blocks.build_blocks(net)
     num_classes = PACKAGE["num_classes"]
-    return Parts(net, split, blocks.build_auxiliaries(split, num_classes), num_classes)
+    return Parts(net, split, blocks.build_auxiliaries(net, num_classes), num_classes)
 
 
 def fingerprint(net: nn.Module) -> str:

@@ -311,13 +311,12 @@ def build_blocks(model: nn.Module) -> nn.ModuleList:
     return nn.ModuleList([Block0(model), Block1(model), Block2(model), Block3(model)])
 
 
-class Unit1(nn.Module):
-    """The first unit of block 1 (after `layer1.2` up to `layer1.3`): block 0's momentum auxiliary
-    runs a trainable and an EMA copy of it."""
+class Unit0(nn.Module):
+    """The model after `layer1.2` up to `layer1.3.add`: block 0's momentum auxiliary copies it."""
 
-    def __init__(self, block: nn.Module) -> None:
+    def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        adopt(self, block, ["layer1.3"])
+        adopt(self, model, ["layer1.3"])
 
     def forward(self, x):
         layer1_3_conv1 = getattr(self.layer1, "3").conv1(x)  # (B, 16, 32, 32)
@@ -331,18 +330,15 @@ class Unit1(nn.Module):
         layer1_3_conv2 = None
         add_3 = layer1_3_bn2 + x  # (B, 16, 32, 32)
         layer1_3_bn2 = x = None
-        layer1_3_relu_1 = getattr(self.layer1, "3").relu(add_3)  # (B, 16, 32, 32)
-        add_3 = None
-        return layer1_3_relu_1
+        return add_3
 
 
-class Unit2(nn.Module):
-    """The first unit of block 2 (after `layer2.1` up to `layer2.2`): block 1's momentum auxiliary
-    runs a trainable and an EMA copy of it."""
+class Unit1(nn.Module):
+    """The model after `layer2.1` up to `layer2.2.add`: block 1's momentum auxiliary copies it."""
 
-    def __init__(self, block: nn.Module) -> None:
+    def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        adopt(self, block, ["layer2.2"])
+        adopt(self, model, ["layer2.2"])
 
     def forward(self, x):
         layer2_2_conv1 = getattr(self.layer2, "2").conv1(x)  # (B, 32, 16, 16)
@@ -356,18 +352,15 @@ class Unit2(nn.Module):
         layer2_2_conv2 = None
         add_7 = layer2_2_bn2 + x  # (B, 32, 16, 16)
         layer2_2_bn2 = x = None
-        layer2_2_relu_1 = getattr(self.layer2, "2").relu(add_7)  # (B, 32, 16, 16)
-        add_7 = None
-        return layer2_2_relu_1
+        return add_7
 
 
-class Unit3(nn.Module):
-    """The first unit of block 3 (after `layer3.0` up to `layer3.1`): block 2's momentum auxiliary
-    runs a trainable and an EMA copy of it."""
+class Unit2(nn.Module):
+    """The model after `layer3.0` up to `layer3.1.add`: block 2's momentum auxiliary copies it."""
 
-    def __init__(self, block: nn.Module) -> None:
+    def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        adopt(self, block, ["layer3.1"])
+        adopt(self, model, ["layer3.1"])
 
     def forward(self, x):
         layer3_1_conv1 = getattr(self.layer3, "1").conv1(x)  # (B, 64, 8, 8)
@@ -381,19 +374,17 @@ class Unit3(nn.Module):
         layer3_1_conv2 = None
         add_11 = layer3_1_bn2 + x  # (B, 64, 8, 8)
         layer3_1_bn2 = x = None
-        layer3_1_relu_1 = getattr(self.layer3, "1").relu(add_11)  # (B, 64, 8, 8)
-        add_11 = None
-        return layer3_1_relu_1
+        return add_11
 
 
-def build_auxiliaries(blocks: nn.ModuleList, num_classes: int) -> nn.ModuleList:
+def build_auxiliaries(model: nn.Module, num_classes: int) -> nn.ModuleList:
     """The auxiliary network of every block but the last, which trains on the task loss."""
     return nn.ModuleList(
         [
-            # block 0 ends at `layer1.2`: (B, 16, 32, 32), nchw
-            # a trainable and an EMA copy of block 1's first unit (up to `layer1.3`)
+            # block 0 ends at `layer1.2`: (B, 16, 32, 32)
+            # a trainable and an EMA copy of the next unit (up to `layer1.3.add`)
             Momentum(
-                Unit1(blocks[1]),
+                Unit0(model),
                 Classifier(
                     ConvHead((16, 32, 32), "nchw", num_classes, depth=1, width=32, hidden=128)
                 ),
@@ -401,10 +392,10 @@ def build_auxiliaries(blocks: nn.ModuleList, num_classes: int) -> nn.ModuleList:
                 learnable_scale=True,
                 init="copy",
             ),
-            # block 1 ends at `layer2.1`: (B, 32, 16, 16), nchw
-            # a trainable and an EMA copy of block 2's first unit (up to `layer2.2`)
+            # block 1 ends at `layer2.1`: (B, 32, 16, 16)
+            # a trainable and an EMA copy of the next unit (up to `layer2.2.add`)
             Momentum(
-                Unit2(blocks[2]),
+                Unit1(model),
                 Classifier(
                     ConvHead((32, 16, 16), "nchw", num_classes, depth=1, width=64, hidden=128)
                 ),
@@ -412,10 +403,10 @@ def build_auxiliaries(blocks: nn.ModuleList, num_classes: int) -> nn.ModuleList:
                 learnable_scale=True,
                 init="copy",
             ),
-            # block 2 ends at `layer3.0`: (B, 64, 8, 8), nchw
-            # a trainable and an EMA copy of block 3's first unit (up to `layer3.1`)
+            # block 2 ends at `layer3.0`: (B, 64, 8, 8)
+            # a trainable and an EMA copy of the next unit (up to `layer3.1.add`)
             Momentum(
-                Unit3(blocks[3]),
+                Unit2(model),
                 Classifier(
                     ConvHead((64, 8, 8), "nchw", num_classes, depth=1, width=128, hidden=128)
                 ),

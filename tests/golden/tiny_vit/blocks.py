@@ -353,13 +353,12 @@ def build_blocks(model: nn.Module) -> nn.ModuleList:
     return nn.ModuleList([Block0(model), Block1(model), Block2(model), Block3(model)])
 
 
-class Unit2(nn.Module):
-    """The first unit of block 2 (after `blocks.3` up to `blocks.4.add`): block 1's momentum
-    auxiliary runs a trainable and an EMA copy of it."""
+class Unit0(nn.Module):
+    """The model after `blocks.3` up to `blocks.4.add`: block 1's momentum auxiliary copies it."""
 
-    def __init__(self, block: nn.Module) -> None:
+    def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        adopt(self, block, ["blocks.4.attn", "blocks.4.norm1"])
+        adopt(self, model, ["blocks.4.attn", "blocks.4.norm1"])
 
     def forward(self, x):
         blocks_4_norm1 = getattr(self.blocks, "4").norm1(x)  # (B, 64, 64)
@@ -398,22 +397,22 @@ class Unit2(nn.Module):
         return add_9
 
 
-def build_auxiliaries(blocks: nn.ModuleList, num_classes: int) -> nn.ModuleList:
+def build_auxiliaries(model: nn.Module, num_classes: int) -> nn.ModuleList:
     """The auxiliary network of every block but the last, which trains on the task loss."""
     return nn.ModuleList(
         [
-            # block 0 ends at `blocks.1`: (B, 64, 64), nlc
+            # block 0 ends at `blocks.1`: (B, 64, 64)
             Classifier(ConvHead((64, 64), "nlc", num_classes, depth=1, width=64, hidden=128)),
-            # block 1 ends at `blocks.3`: (B, 64, 64), nlc
-            # a trainable and an EMA copy of block 2's first unit (up to `blocks.4.add`)
+            # block 1 ends at `blocks.3`: (B, 64, 64)
+            # a trainable and an EMA copy of the next unit (up to `blocks.4.add`)
             Momentum(
-                Unit2(blocks[2]),
+                Unit0(model),
                 Classifier(LinearHead((64, 64), "nlc", num_classes)),
                 decay=0.995,
                 learnable_scale=True,
                 init="copy",
             ),
-            # block 2 ends at `blocks.4`: (B, 64, 64), nlc
+            # block 2 ends at `blocks.4`: (B, 64, 64)
             Classifier(LinearHead((64, 64), "nlc", num_classes)),
         ]
     )

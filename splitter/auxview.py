@@ -1,0 +1,203 @@
+"""The expression that builds each block's auxiliary in the emitted package, and the classes of
+the model units that auxiliaries copy (momentum's next unit, AugLocal's sampled units)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, cast
+
+from schemas.auxiliary import AugmentedAux, ConvAux, InfoProAux, LinearAux, MomentumAux
+from splitter.codegen import Imports, ModuleSource, module_source
+from splitter.costs import CostModel, augmented_units
+from splitter.errors import SplitterError
+from splitter.heads import InfoProDecoder, Layout, infer_layout
+from splitter.partitioner import settings_from
+from splitter.plan import Plan
+from splitter.surgery import span_graph
+
+AUX_CLASSES = (
+    "Adapter", "Augmented", "Classifier", "ConvHead", "InfoPro", "InfoProDecoder", "LinearHead",
+    "Momentum",
+)  # fmt: skip
+_RANK = {"nchw": 3, "nhwc": 3, "ncl": 2, "nlc": 2, "nc": 1}
+"""Dimensions of one sample in each layout."""
+_WHAT = {"nchw": "an image map", "nhwc": "an image map", "ncl": "a token sequence"}
+_WHAT |= {"nlc": "a token sequence", "nc": "a feature vector"}
+
+
+class AuxiliaryError(SplitterError):
+    """An auxiliary the boundary cannot take."""
+
+
+@dataclass(frozen=True)
+class AuxView:
+    """One auxiliary in `build_auxiliaries`: comment lines and the expression that builds it."""
+
+    comments: list[str]
+    expression: str
+
+
+def aux_config(plan: Plan, k: int) -> Any:
+    aux = plan.spec.spec.aux
+    return aux.blocks.get(k, aux.default)
+
+
+class AuxiliaryViews:
+    """Every block's auxiliary, in boundary indices: 0 the input, 1..n-1 the model's legal
+    cuts, n the output (the cost model's numbering)."""
+
+    def __init__(self, plan: Plan, imports: Imports, batch: int) -> None:
+        self.plan, self.imports, self.batch = plan, imports, batch
+        self.analysis = plan.analysis
+        self.costs = CostModel(self.analysis, settings_from(plan.spec.spec, None, None))
+        cuts = list(self.analysis.cuts.cuts)
+        self.bounds = [0, *(cuts.index(c) + 1 for c in plan.cuts), self.costs.boundaries]
+        self.units: dict[tuple[int, int], ModuleSource] = {}
+
+    def views(self) -> list[AuxView]:
+        return [self.auxiliary(k) for k in range(len(self.bounds) - 2)]
+
+    def auxiliary(self, k: int) -> AuxView:
+        config, j = aux_config(self.plan, k), self.bounds[k + 1]
+        comments = [f"block {k} ends at `{self.name(j)}`: {self.shape_text(j)}"]
+        if isinstance(config, MomentumAux):
+            end = min(self.costs.first_unit_end(j), self.bounds[k + 2])
+            unit = self.unit(j, end, f"block {k}'s momentum auxiliary copies it")
+            options = f"decay={config.decay}, learnable_scale={config.learnable_scale}"
+            head = self.head(config.head, end, k)
+            expression = f'Momentum({unit}(model), {head}, {options}, init="{config.init}")'
+            comments.append(
+                f"a trainable and an EMA copy of the next unit (up to `{self.name(end)}`)"
+            )
+            return AuxView(comments, expression)
+        if isinstance(config, AugmentedAux):
+            return AuxView(comments, self.augmented(config, k, j))
+        return AuxView(comments, self.head(config, j, k))
+
+    # ---------------------------------------------------------------- heads
+
+    def head(self, config: Any, b: int, k: int) -> str:
+        """A `linear`, `conv` or `infopro` auxiliary on the tensor at boundary b."""
+        layout, sample = self.layout(config, b, k), self.shape(b)[1:]
+        if isinstance(config, LinearAux):
+            return f"Classifier({_linear(sample, layout)})"
+        if isinstance(config, ConvAux):
+            return f"Classifier({_conv(sample, layout, config)})"
+        if isinstance(config, InfoProAux):
+            return self.infopro(config, sample, layout, k, b)
+        raise AuxiliaryError(
+            f"block {k}: `{config.kind}` cannot be the head of a momentum auxiliary; use "
+            "`linear`, `conv` or `infopro`"
+        )
+
+    def infopro(
+        self, config: InfoProAux, sample: tuple[int, ...], layout: Layout, k: int, b: int
+    ) -> str:
+        image = tuple(self.analysis.target_input.shape)
+        try:
+            InfoProDecoder.check(layout, image)
+        except ValueError:
+            raise AuxiliaryError(
+                f"block {k}'s `infopro` auxiliary reconstructs images, but `{self.name(b)}` "
+                f"carries {_WHAT[layout]} {self.shape_text(b)} and the input is {list(image)}; "
+                "use `linear`, `conv`, `momentum` or `augmented` there"
+            ) from None
+        count = len(self.bounds) - 2  # auxiliaries
+        ratio = k / (count - 1) if count > 1 else 0.0
+        lambda1 = config.lambda1[0] + (config.lambda1[1] - config.lambda1[0]) * ratio
+        lambda2 = config.lambda2[0] + (config.lambda2[1] - config.lambda2[0]) * ratio
+        decoder = f'InfoProDecoder({sample}, "{layout}", {image}, width={config.width})'
+        conv = _conv(sample, layout, ConvAux())
+        return f"InfoPro({decoder}, {conv}, lambda1={lambda1:g}, lambda2={lambda2:g})"
+
+    # ---------------------------------------------------------------- AugLocal
+
+    def augmented(self, config: AugmentedAux, k: int, j: int) -> str:
+        """Fresh copies of the units AugLocal's rule samples after boundary j, with adapters
+        where consecutive shapes differ, then pooling and Linear."""
+        features = self.costs.feature_unit_ends
+        blocks = len(self.bounds) - 1
+        picked = augmented_units(features, j, k, blocks, config.depth, config.tau)
+        layers, current = [], j
+        for end in picked:
+            start = self.costs.unit_start(end)
+            if self.shape(start) != self.shape(current):
+                layers.append(self.adapter(current, start, k))
+            layers.append(f"{self.unit(start, end, f'block {k} copies it (AugLocal)')}(model)")
+            current = end
+        sampled = tuple(features.index(end) for end in picked)
+        head = _linear(self.shape(current)[1:], self.layout(config, current, k))
+        return f"Augmented([{', '.join(layers)}], {head}, sampled={sampled})"
+
+    def adapter(self, source: int, target: int, k: int) -> str:
+        src, dst = self.shape(source)[1:], self.shape(target)[1:]
+        a, b = self.layout(None, source, k), self.layout(None, target, k)
+        return f'Adapter({src}, "{a}", {dst}, "{b}")'
+
+    # ---------------------------------------------------------------- units and boundaries
+
+    def unit(self, start: int, end: int, use: str) -> str:
+        """The class of the model's span (start, end]; made once, named in order."""
+        if (start, end) not in self.units:
+            name = f"Unit{len(self.units)}"
+            graph = span_graph(self.gm, self.node(start), self.node(end))
+            doc = f"The model after `{self.name(start)}` up to `{self.name(end)}`: {use}."
+            self.units[(start, end)] = module_source(
+                name, doc, {"train": graph}, self.analysis.target, self.imports, self.batch
+            )
+        return self.units[(start, end)].name
+
+    @property
+    def gm(self) -> Any:
+        return self.costs.gm
+
+    def node(self, b: int) -> str | None:
+        if b in (0, self.costs.boundaries):
+            return None
+        return str(self.costs.nodes[self.costs.position[b]].name)
+
+    def name(self, b: int) -> str:
+        if b == 0:
+            return "input"
+        return "output" if b == self.costs.boundaries else self.costs.cuts[b - 1].name
+
+    def shape(self, b: int) -> tuple[int, ...]:
+        if b == 0:
+            return (self.batch, *self.analysis.target_input.shape)
+        return self.costs.shape(b)
+
+    def shape_text(self, b: int) -> str:
+        return "(" + ", ".join(["B", *map(str, self.shape(b)[1:])]) + ")"
+
+    def layout(self, config: Any, b: int, k: int) -> Layout:
+        """The layout at boundary b: the auxiliary's `layout:`, else inferred; checked."""
+        chosen = getattr(config, "layout", "auto")
+        shape = self.shape(b)
+        node = self.costs.nodes[self.costs.position[b]] if b else None
+        if chosen != "auto":
+            layout = cast(Layout, chosen)
+        else:
+            layout = infer_layout(self.gm, node, shape) if node is not None else _by_rank(shape)
+        if len(shape) - 1 != _RANK[layout]:
+            fits = [name for name, rank in _RANK.items() if rank == len(shape) - 1]
+            raise AuxiliaryError(
+                f"block {k}'s `{config.kind}` auxiliary has `layout: {layout}`, but the tensor "
+                f"at `{self.name(b)}` is {self.shape_text(b)}, which is not {_WHAT[layout]}; "
+                f"use `layout: auto`{''.join(f' or `{f}`' for f in fits)}"
+            )
+        return layout
+
+
+def _by_rank(shape: tuple[int, ...]) -> Layout:
+    return {4: "nchw", 3: "nlc"}.get(len(shape), "nc")  # type: ignore[return-value]
+
+
+def _linear(sample: tuple[int, ...], layout: str) -> str:
+    return f'LinearHead({sample}, "{layout}", num_classes)'
+
+
+def _conv(sample: tuple[int, ...], layout: str, config: ConvAux) -> str:
+    channels = sample[-1] if layout in ("nhwc", "nlc") else sample[0]
+    width = config.width or 2 * channels
+    options = f"depth={config.depth}, width={width}, hidden={config.hidden}"
+    return f'ConvHead({sample}, "{layout}", num_classes, {options})'

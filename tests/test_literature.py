@@ -1,0 +1,136 @@
+"""The literature's auxiliaries on the emitted code: InfoPro's decoder and loss weights,
+AugLocal's sampled units and depths, and what each kind refuses."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+from splitter.compiler import compile_package
+from splitter.errors import SplitterError
+from splitter.modelref import ModelOptions
+from splitter.package import load_package
+from tests.conftest import EXAMPLES
+
+RESNET = str(EXAMPLES / "resnet_cifar" / "model.py")
+INFOPRO_K8 = ["layer1.0", "layer1.2", "layer1.4", "layer2.1", "layer2.3", "layer3.0", "layer3.2"]
+STAGES = {"layer1": 2, "layer2": 7, "layer3": 12}  # ResNet-32's units: conv1, relu, 15 blocks
+
+
+def package(tmp_path: Path, cuts: list[str], aux: str, model: str = RESNET) -> Path:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"version: 1\npartition: {{cuts: {cuts}}}\naux: {{default: {aux}}}\n")
+    out = tmp_path / "pkg"
+    compile_package(model, str(spec), ModelOptions(), out=str(out))
+    return out
+
+
+@pytest.fixture
+def infopro(tmp_path: Path) -> Iterator[ModuleType]:
+    out = package(tmp_path, ["layer1.2", "layer2.1", "layer3.0"], "{kind: infopro}")
+    with load_package(out) as train:
+        yield train
+
+
+def test_infopro_weights_are_interpolated_over_the_auxiliaries(infopro: ModuleType) -> None:
+    parts = infopro.build(0)
+    weights = [(a.lambda1, a.lambda2) for a in parts.auxiliaries]
+    assert weights == [(5.0, 0.0), (2.75, 0.5), (0.5, 1.0)]
+
+
+def test_infopro_decoder_reconstructs_the_input_in_0_1(infopro: ModuleType) -> None:
+    step, x, y = _step(infopro)
+    h = step.parts.blocks[0](x)
+    recon = step.parts.auxiliaries[0].decoder(h)
+    assert recon.shape == x.shape and recon.min() >= 0 and recon.max() <= 1
+
+
+def test_infopro_loss_decreases_on_digits(infopro: ModuleType) -> None:
+    args = infopro.parse_args(["--data", "digits", "--batch-size", "32"])
+    step, _ = infopro.prepare(args)
+    batches = step.dataset.train_batches(0, 32, 0)
+    losses = [float(infopro.local_step(step, x, y)[0][0]) for _, (x, y) in zip(range(12), batches)]
+    assert sum(losses[-3:]) / 3 < losses[0] * 0.9, losses
+
+
+def test_infopro_is_refused_on_token_sequences(tmp_path: Path) -> None:
+    model = str(EXAMPLES / "tiny_vit" / "model.py")
+    with pytest.raises(SplitterError, match=r"reconstructs images.*`linear`, `conv`, `momentum`"):
+        package(tmp_path, ["blocks.1"], "{kind: infopro}", model)
+
+
+def test_infopro_serves_as_the_head_of_momentum(tmp_path: Path) -> None:
+    out = package(tmp_path, ["layer1.2", "layer2.1"], "{kind: momentum, head: {kind: infopro}}")
+    with load_package(out) as train:
+        metrics = train.train(["--data", "synthetic", "--steps", "2", "--batch-size", "8",
+                               "--out", str(tmp_path / "runs"), "--no-checkpoint"])
+        parts = train.build(0)
+    assert type(parts.auxiliaries[0].head).__name__ == "InfoPro"
+    assert all(loss == loss for loss in metrics["block_losses"])
+
+
+# ---------------------------------------------------------------- AugLocal
+
+
+def unit_index(cut: str) -> int:
+    """ResNet-32's feature units: 0 `conv1`, 1 `relu` (bn1), then `layerS.I`."""
+    stage, block = cut.split(".")
+    return STAGES[stage] + int(block)
+
+
+def expected_sampled(k: int, blocks: int, last: int, n: int = 17, d: int = 3, tau: float = 0.5
+                     ) -> list[int]:
+    """DESIGN 3, written out again as the oracle."""
+    if blocks == 2:
+        depth = d
+    else:
+        ratio = k * tau / (blocks - 2)
+        depth = max(1, round(d * (1 - ratio) + ratio))
+    if depth >= n - 1 - last:
+        return list(range(last + 1, n))
+    return [round(last + (n - last - 1) / depth * i) for i in range(1, depth + 1)]
+
+
+@pytest.mark.parametrize("cuts", [
+    ["layer2.1"],
+    INFOPRO_K8,
+    ["relu", *(f"layer{s}.{i}" for s in (1, 2, 3) for i in range(5))][:15],
+], ids=["K2", "K8", "K16"])
+def test_auglocal_samples_by_the_formula(tmp_path: Path, cuts: list[str]) -> None:
+    out = package(tmp_path, cuts, "{kind: augmented}")
+    with load_package(out) as train:
+        parts = train.build(0)
+    blocks = len(cuts) + 1
+    backbone = {id(p) for p in parts.model.parameters()}
+    for k, aux in enumerate(parts.auxiliaries):
+        last = 1 if cuts[k] == "relu" else unit_index(cuts[k])
+        assert list(aux.sampled) == expected_sampled(k, blocks, last), (k, cuts[k])
+        copies = [m for m in aux.layers if type(m).__name__.startswith("Unit")]
+        assert len(copies) == len(aux.sampled)
+        assert not {id(p) for p in aux.parameters()} & backbone
+
+
+def test_auglocal_copies_are_fresh_and_adapt_shapes(tmp_path: Path) -> None:
+    out = package(tmp_path, INFOPRO_K8, "{kind: augmented}")
+    with load_package(out) as train:
+        step, x, y = _step(train)
+        aux = step.parts.auxiliaries[0]
+        adapters = [m for m in aux.layers if type(m).__name__ == "Adapter"]
+        assert adapters  # block 0 (16 channels at 32x32) samples units of later stages
+        unit = next(m for m in aux.layers if type(m).__name__.startswith("Unit"))
+        weights = [p for p in unit.parameters() if p.dim() > 1]
+        model_weights = {tuple(p.shape): p for p in step.parts.model.parameters()}
+        assert not any(torch.equal(w, model_weights[tuple(w.shape)]) for w in weights)
+        stats = train.local_step(step, x, y)
+    assert len(stats) == 8 and all(float(loss) == float(loss) for loss, _ in stats)
+
+
+def _step(train: ModuleType) -> tuple[object, torch.Tensor, torch.Tensor]:
+    args = train.parse_args(["--data", "synthetic", "--batch-size", "8"])
+    step, _ = train.prepare(args)
+    x, y = next(step.dataset.train_batches(0, 8, 0))
+    return step, x, y
