@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, cast
 
-from schemas.auxiliary import AugmentedAux, ConvAux, InfoProAux, LinearAux, MomentumAux
+from schemas.auxiliary import AugmentedAux, ConvAux, InfoProAux, LinearAux, MlaanAux, MomentumAux
 from splitter.codegen import Imports, ModuleSource, module_source
 from splitter.costs import CostModel, augmented_units
 from splitter.errors import SplitterError
@@ -17,7 +17,7 @@ from splitter.surgery import span_graph
 
 AUX_CLASSES = (
     "Adapter", "Augmented", "Classifier", "ConvHead", "InfoPro", "InfoProDecoder", "LinearHead",
-    "Momentum",
+    "Mlaan", "Momentum",
 )  # fmt: skip
 _RANK = {"nchw": 3, "nhwc": 3, "ncl": 2, "nlc": 2, "nc": 1}
 """Dimensions of one sample in each layout."""
@@ -72,6 +72,10 @@ class AuxiliaryViews:
             return AuxView(comments, expression)
         if isinstance(config, AugmentedAux):
             return AuxView(comments, self.augmented(config, k, j))
+        if isinstance(config, MlaanAux):
+            window = min(config.window, k + 1)
+            comments.append(f"its cascaded loss recomputes blocks {k - window + 1}..{k}")
+            return AuxView(comments, self.mlaan(config, k, j, window))
         return AuxView(comments, self.head(config, j, k))
 
     # ---------------------------------------------------------------- heads
@@ -115,19 +119,40 @@ class AuxiliaryViews:
     def augmented(self, config: AugmentedAux, k: int, j: int) -> str:
         """Fresh copies of the units AugLocal's rule samples after boundary j, with adapters
         where consecutive shapes differ, then pooling and Linear."""
+        layers, current, sampled = self.leap(k, j, config.depth, config.tau)
+        head = _linear(self.shape(current)[1:], self.layout(config, current, k))
+        return f"Augmented([{', '.join(layers)}], {head}, sampled={tuple(sampled)})"
+
+    def leap(self, k: int, j: int, depth: int, tau: float) -> tuple[list[str], int, list[int]]:
+        """AugLocal's units after boundary j as class expressions, with adapters where the
+        shapes differ; the boundary the last one ends at, and the indices of the units."""
         features = self.costs.feature_unit_ends
-        blocks = len(self.bounds) - 1
-        picked = augmented_units(features, j, k, blocks, config.depth, config.tau)
+        picked = augmented_units(features, j, k, len(self.bounds) - 1, depth, tau)
         layers, current = [], j
         for end in picked:
             start = self.costs.unit_start(end)
             if self.shape(start) != self.shape(current):
                 layers.append(self.adapter(current, start, k))
-            layers.append(f"{self.unit(start, end, f'block {k} copies it (AugLocal)')}(model)")
+            layers.append(f"{self.unit(start, end, f'block {k} copies it')}(model)")
             current = end
-        sampled = tuple(features.index(end) for end in picked)
-        head = _linear(self.shape(current)[1:], self.layout(config, current, k))
-        return f"Augmented([{', '.join(layers)}], {head}, sampled={sampled})"
+        return layers, current, [features.index(end) for end in picked]
+
+    def mlaan(self, config: MlaanAux, k: int, j: int, window: int) -> str:
+        """The independent `conv` head, the window's blocks, leap copies (the first one
+        EMA-coupled to its source unit), pooling and Linear."""
+        sample, layout = self.shape(j)[1:], self.layout(config, j, k)
+        layers, current, _ = self.leap(k, j, depth=3, tau=0.5)
+        units = [i for i, layer in enumerate(layers) if layer.startswith("Unit")]
+        source = layers[units[0]] if units else "None"
+        blocks = ", ".join(f"blocks[{i}]" for i in range(k - window + 1, k + 1))
+        head = _linear(self.shape(current)[1:], self.layout(None, current, k))
+        weights = (
+            f"weights={tuple(config.weights)}, decay=0.995, coupled={units[0] if units else 0}"
+        )
+        return (
+            f"Mlaan([{blocks}], {_conv(sample, layout, ConvAux())}, [{', '.join(layers)}], "
+            f"{source}, {head}, {weights})"
+        )
 
     def adapter(self, source: int, target: int, k: int) -> str:
         src, dst = self.shape(source)[1:], self.shape(target)[1:]

@@ -34,7 +34,7 @@ TEMPLATES = jinja2.Environment(
     undefined=jinja2.StrictUndefined,
     autoescape=False,
 )
-EMITTED_KINDS = ("linear", "conv", "momentum", "infopro", "augmented")
+EMITTED_KINDS = ("linear", "conv", "momentum", "infopro", "augmented", "mlaan")
 
 
 class CompileError(SplitterError):
@@ -110,6 +110,13 @@ def check_emittable(plan: Plan) -> None:
                 f"block {k} has the `{kind}` auxiliary, which `splitter compile` does not emit "
                 f"yet; use one of {', '.join(f'`{k}`' for k in EMITTED_KINDS)}"
             )
+    kinds = {aux_config(plan, k).kind for k in range(len(plan.surgery.blocks) - 1)}
+    if "mlaan" in kinds and spec.training.optimizer_scope != "global":
+        problems.append(
+            "`mlaan`'s cascaded loss trains the earlier blocks of its window, so their "
+            "gradients must wait for one step after all blocks; set "
+            "`training.optimizer_scope: global` (MLAAN's recipe)"
+        )
     if problems:
         raise CompileError("cannot compile this plan:\n" + "\n".join(f"  {p}" for p in problems))
 

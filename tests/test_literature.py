@@ -134,3 +134,67 @@ def _step(train: ModuleType) -> tuple[object, torch.Tensor, torch.Tensor]:
     step, _ = train.prepare(args)
     x, y = next(step.dataset.train_batches(0, 8, 0))
     return step, x, y
+
+
+# ---------------------------------------------------------------- MLAAN
+
+
+@pytest.fixture
+def mlaan(tmp_path: Path) -> Iterator[ModuleType]:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        "version: 1\npartition: {cuts: [layer1.2, layer2.1, layer3.0]}\n"
+        "aux: {default: {kind: mlaan, window: 2}}\ntraining: {optimizer_scope: global}\n"
+    )
+    out = tmp_path / "pkg"
+    compile_package(RESNET, str(spec), ModelOptions(), out=str(out))
+    with load_package(out) as train:
+        yield train
+
+
+def test_mlaan_cascade_reaches_exactly_its_window(mlaan: ModuleType) -> None:
+    """With one global step, gradients accumulate: block k's local backward changes the
+    gradients of blocks k-1 and k (the window) and of its own auxiliary, nothing else."""
+    step, x, y = _step(mlaan)
+    owners: dict[int, tuple[str, torch.nn.Parameter]] = {}
+    for k, block in enumerate(step.parts.blocks):
+        owners.update({id(p): (f"block {k}", p) for p in block.parameters()})
+    for k, aux in enumerate(step.parts.auxiliaries):
+        owners.update({id(p): (f"aux {k}", p) for p in aux.parameters() if p.requires_grad})
+    snapshots = []
+
+    def snapshot() -> None:
+        snapshots.append({i: None if p.grad is None else p.grad.clone() for i, (_, p) in owners.items()})
+
+    for aux in step.parts.auxiliaries:  # runs right after each block's local backward
+        aux.after_backward = (lambda run: lambda: (snapshot(), run()))(aux.after_backward)
+    snapshot()
+    mlaan.local_step(step, x, y)
+    assert [a.window for a in step.parts.auxiliaries] == [1, 2, 2]
+    for k in range(len(step.parts.auxiliaries)):
+        before, after = snapshots[k], snapshots[k + 1]
+        changed = {owners[i][0] for i in owners if not _same(before[i], after[i])}
+        window = {f"block {b}" for b in range(max(0, k - 1), k + 1)}
+        assert changed == window | {f"aux {k}"}, k
+
+
+def test_mlaan_ema_updates_by_the_formula(mlaan: ModuleType) -> None:
+    step, x, y = _step(mlaan)
+    coupled = [a for a in step.parts.auxiliaries if a.ema is not None]
+    assert coupled
+    before = [[p.clone() for p in a.ema.parameters()] for a in coupled]
+    sources = [[p.detach().clone() for p in a._source] for a in coupled]
+    mlaan.local_step(step, x, y)
+    for aux, old, src in zip(coupled, before, sources, strict=True):
+        for new, o, s in zip(aux.ema.parameters(), old, src, strict=True):
+            torch.testing.assert_close(new, aux.decay * o + (1 - aux.decay) * s, rtol=1e-6, atol=1e-7)
+            assert new.grad is None
+
+
+def test_mlaan_needs_the_global_optimizer_scope(tmp_path: Path) -> None:
+    with pytest.raises(SplitterError, match=r"optimizer_scope: global"):
+        package(tmp_path, ["layer2.1"], "{kind: mlaan}")
+
+
+def _same(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
+    return (a is None and b is None) or (a is not None and b is not None and torch.equal(a, b))

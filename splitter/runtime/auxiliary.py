@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -150,9 +151,13 @@ class InfoProDecoder(nn.Module):
 
 
 class Auxiliary(nn.Module):
-    """A block's auxiliary network: `aux(h, target, image)` returns the local loss and the
-    logits it predicted; `after_backward()` runs once per step, right after the block's
-    backward (an EMA update, for the momentum auxiliary)."""
+    """A block's auxiliary network: `aux(h, target, image, history)` returns the local loss and
+    the logits it predicted (`image` is the un-normalised input, `history` the detached inputs
+    of this block and the ones before, the last first to go); `after_backward()` runs once per
+    step, right after the block's backward (an EMA update, for momentum and MLAAN)."""
+
+    window = 1
+    """How many blocks, this one included, its loss trains (more only for MLAAN)."""
 
     def after_backward(self) -> None:
         """Nothing to do after the backward."""
@@ -166,7 +171,11 @@ class Classifier(Auxiliary):
         self.head = head
 
     def forward(
-        self, h: torch.Tensor, target: torch.Tensor, image: torch.Tensor
+        self,
+        h: torch.Tensor,
+        target: torch.Tensor,
+        image: torch.Tensor,
+        history: Sequence[torch.Tensor] = (),
     ) -> tuple[torch.Tensor, torch.Tensor]:
         logits: torch.Tensor = self.head(h)
         return F.cross_entropy(logits, target), logits
@@ -202,7 +211,11 @@ class Momentum(Auxiliary):
         self._source = tuple(source.parameters())  # the next block's own: not registered here
 
     def forward(
-        self, h: torch.Tensor, target: torch.Tensor, image: torch.Tensor
+        self,
+        h: torch.Tensor,
+        target: torch.Tensor,
+        image: torch.Tensor,
+        history: Sequence[torch.Tensor] = (),
     ) -> tuple[torch.Tensor, torch.Tensor]:
         y = self.scale * self.lb(h) + (2 - self.scale) * self.ema(h)
         loss, logits = self.head(y, target, image)
@@ -229,7 +242,11 @@ class InfoPro(Auxiliary):
         self.lambda1, self.lambda2 = lambda1, lambda2
 
     def forward(
-        self, h: torch.Tensor, target: torch.Tensor, image: torch.Tensor
+        self,
+        h: torch.Tensor,
+        target: torch.Tensor,
+        image: torch.Tensor,
+        history: Sequence[torch.Tensor] = (),
     ) -> tuple[torch.Tensor, torch.Tensor]:
         logits: torch.Tensor = self.head(h)
         recon = F.binary_cross_entropy(self.decoder(h), image.clamp(0, 1))
@@ -269,10 +286,66 @@ class Augmented(Auxiliary):
         self.head, self.sampled = head, sampled  # the model's feature units copied
 
     def forward(
-        self, h: torch.Tensor, target: torch.Tensor, image: torch.Tensor
+        self,
+        h: torch.Tensor,
+        target: torch.Tensor,
+        image: torch.Tensor,
+        history: Sequence[torch.Tensor] = (),
     ) -> tuple[torch.Tensor, torch.Tensor]:
         logits: torch.Tensor = self.head(self.layers(h))
         return F.cross_entropy(logits, target), logits
+
+
+class Mlaan(Auxiliary):
+    """MLAAN: `weights[0]` times an independent loss (a head on the block's output) plus
+    `weights[1]` times a cascaded loss: the blocks of the window recomputed from the detached
+    input of its first block (so their gradients cross boundaries inside the window), then
+    trainable weight copies of leap units (AugLocal's rule), the first coupled to an EMA copy
+    of its source unit (`z = leap(z) + ema(z)`), then pooling and Linear."""
+
+    def __init__(
+        self,
+        window: Sequence[nn.Module],
+        independent: nn.Module,
+        leap: Sequence[nn.Module],
+        source: nn.Module | None,
+        head: nn.Module,
+        weights: tuple[float, float] = (0.001, 0.999),
+        decay: float = 0.995,
+        coupled: int = 0,
+    ) -> None:
+        super().__init__()
+        self._blocks = tuple(window)  # real blocks, trained by their own optimizers
+        self.window = len(self._blocks)
+        self.independent, self.head = independent, head
+        self.leap = nn.ModuleList(copy.deepcopy(layer) for layer in leap)
+        self.ema = copy.deepcopy(source).requires_grad_(False) if source is not None else None
+        self._source = tuple(source.parameters()) if source is not None else ()
+        self.weights, self.decay, self.coupled = weights, decay, coupled
+
+    def forward(
+        self,
+        h: torch.Tensor,
+        target: torch.Tensor,
+        image: torch.Tensor,
+        history: Sequence[torch.Tensor] = (),
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        own = F.cross_entropy(self.independent(h), target)
+        z = history[-self.window]
+        for block in self._blocks:
+            z = block(z)
+        for i, layer in enumerate(self.leap):
+            z = layer(z) + self.ema(z) if i == self.coupled and self.ema is not None else layer(z)
+        logits: torch.Tensor = self.head(z)
+        loss = self.weights[0] * own + self.weights[1] * F.cross_entropy(logits, target)
+        return loss, logits
+
+    @torch.no_grad()
+    def after_backward(self) -> None:
+        if self.ema is not None:
+            ema: list[torch.Tensor] = list(self.ema.parameters())
+            torch._foreach_mul_(ema, self.decay)
+            torch._foreach_add_(ema, list(self._source), alpha=1 - self.decay)
 
 
 def _reset(module: nn.Module) -> None:

@@ -87,6 +87,11 @@ class Parts:
     auxiliaries: nn.ModuleList
     num_classes: int
 
+    @property
+    def reach(self) -> int:
+        """The most blocks one auxiliary's loss trains (its block inputs are kept)."""
+        return max((int(getattr(a, "window", 1)) for a in self.auxiliaries), default=1)
+
 
 def build(seed: int) -> Parts:
     torch.manual_seed(seed)
@@ -95,7 +100,7 @@ def build(seed: int) -> Parts:
     check_fingerprint(net)
     split = blocks.build_blocks(net)
     num_classes = PACKAGE["num_classes"]
-    return Parts(net, split, blocks.build_auxiliaries(net, num_classes), num_classes)
+    return Parts(net, split, blocks.build_auxiliaries(net, split, num_classes), num_classes)
 
 
 def fingerprint(net: nn.Module) -> str:
@@ -158,14 +163,14 @@ class Step:
 
 def local_step(s: Step, x: torch.Tensor, y: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
     """Each block on the detached output of the one before, its backward at once."""
-    image, h = s.dataset.unnormalise(x), x
+    image, inputs = s.dataset.unnormalise(x), [x]
     stats: list[tuple[torch.Tensor, ...]] = []
     last = len(s.parts.blocks) - 1
     for k, block in enumerate(s.parts.blocks):
         with s.memory.watch(), s.autocast():
-            out = block(h)
+            out = block(inputs[-1])
             if k < last:
-                loss, logits = s.parts.auxiliaries[k](out, y, image)
+                loss, logits = s.parts.auxiliaries[k](out, y, image, inputs)
             else:
                 logits = select_output(out)
                 loss = F.cross_entropy(logits, y)
@@ -173,7 +178,11 @@ def local_step(s: Step, x: torch.Tensor, y: torch.Tensor) -> list[tuple[torch.Te
         s.memory.release()
         if k < last:
             s.parts.auxiliaries[k].after_backward()  # type: ignore[operator]
-            h = out.detach()
+            inputs = (
+                [*inputs[-s.parts.reach + 1 :], out.detach()]
+                if s.parts.reach > 1
+                else [out.detach()]
+            )
         if len(s.optimizers) > 1:
             step_optimizer(s, s.optimizers[k])
         stats.append((loss.detach(), accuracy(logits, y)))

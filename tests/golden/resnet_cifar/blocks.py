@@ -377,7 +377,7 @@ class Unit2(nn.Module):
         return add_11
 
 
-def build_auxiliaries(model: nn.Module, num_classes: int) -> nn.ModuleList:
+def build_auxiliaries(model: nn.Module, blocks: nn.ModuleList, num_classes: int) -> nn.ModuleList:
     """The auxiliary network of every block but the last, which trains on the task loss."""
     return nn.ModuleList(
         [

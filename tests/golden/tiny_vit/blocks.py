@@ -397,7 +397,7 @@ class Unit0(nn.Module):
         return add_9
 
 
-def build_auxiliaries(model: nn.Module, num_classes: int) -> nn.ModuleList:
+def build_auxiliaries(model: nn.Module, blocks: nn.ModuleList, num_classes: int) -> nn.ModuleList:
     """The auxiliary network of every block but the last, which trains on the task loss."""
     return nn.ModuleList(
         [
