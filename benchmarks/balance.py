@@ -27,19 +27,25 @@ def mib(n: float) -> str:
 
 def balance_table(models: list[str], blocks: int) -> None:
     settings = settings_from(None, None, None)
-    print(f"| model (K={blocks}) | memory: largest MiB | largest / mean | units: largest MiB | "
-          "params: largest MiB | e2e peak MiB | local peak MiB (memory) | saving |")
+    print(
+        f"| model (K={blocks}) | memory: largest MiB | largest / mean | units: largest MiB | "
+        "params: largest MiB | e2e peak MiB | local peak MiB (memory) | saving |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for name in models:
         analysis = analyze(f"torchvision:{name}", ModelOptions(batch_size=32))
-        parts = {b: partition_blocks(analysis, blocks, settings, b)
-                 for b in ("memory", "units", "params")}
+        parts = {
+            b: partition_blocks(analysis, blocks, settings, b)
+            for b in ("memory", "units", "params")
+        }
         largest = {b: max(x.variable_bytes for x in p.blocks) for b, p in parts.items()}
         variable = [x.variable_bytes for x in parts["memory"].blocks]
         best = parts["memory"]
-        print(f"| {name} | {mib(largest['memory'])} | {max(variable) / (sum(variable) / blocks):.3f}"
-              f" | {mib(largest['units'])} | {mib(largest['params'])} | "
-              f"{mib(best.e2e_peak_bytes)} | {mib(best.local_peak_bytes)} | {best.saving:.1%} |")
+        print(
+            f"| {name} | {mib(largest['memory'])} | {max(variable) / (sum(variable) / blocks):.3f}"
+            f" | {mib(largest['units'])} | {mib(largest['params'])} | "
+            f"{mib(best.e2e_peak_bytes)} | {mib(best.local_peak_bytes)} | {best.saving:.1%} |"
+        )
 
 
 def timing_table(name: str, blocks: int, repeats: int) -> None:

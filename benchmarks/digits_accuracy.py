@@ -3,7 +3,7 @@ scikit-learn's digits: end-to-end training against local learning with each auxi
 
     python benchmarks/digits_accuracy.py            # 10 epochs, seed 0
     python benchmarks/digits_accuracy.py --quick    # 2 epochs
-    python benchmarks/digits_accuracy.py --seeds 0 1 2 --blocks 8
+    python benchmarks/digits_accuracy.py --seeds 0 1 2 --blocks 4 8 --epochs 5
 
 Every run compiles examples/resnet_cifar/model.py with `splitter compile` into a temporary
 folder and trains the emitted package in this process (`splitter.package.load_package`).
@@ -27,13 +27,20 @@ from splitter.package import load_package
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "examples" / "resnet_cifar" / "model.py"
-CUTS = {4: ["layer1.2", "layer2.1", "layer3.0"]}  # InfoPro's K = 4 for ResNet-32
+CUTS = {  # InfoPro's K = 4 and K = 8 for ResNet-32
+    4: ["layer1.2", "layer2.1", "layer3.0"],
+    8: ["layer1.0", "layer1.2", "layer1.4", "layer2.1", "layer2.3", "layer3.0", "layer3.2"],
+}
 METHODS: dict[str, dict[str, Any] | None] = {
     "e2e": None,
     "linear": {"kind": "linear"},
     "conv": {"kind": "conv"},
     "momentum (MAN)": {"kind": "momentum", "learnable_scale": False},
     "momentum (MAN++)": {"kind": "momentum"},
+    "infopro": {"kind": "infopro"},
+    "infopro+momentum": {"kind": "momentum", "head": {"kind": "infopro"}},
+    "augmented": {"kind": "augmented"},
+    "mlaan": {"kind": "mlaan"},
 }
 
 
@@ -46,14 +53,17 @@ def spec_text(blocks: int, aux: dict[str, Any] | None) -> str:
         "aux": {"default": aux or {"kind": "linear"}},
         "training": {"data": {"name": "digits"}},
     }
+    if aux and aux["kind"] == "mlaan":
+        spec["training"]["optimizer_scope"] = "global"  # type: ignore[index]
     return yaml.safe_dump(spec, sort_keys=False)
 
 
 def run(method: str, blocks: int, epochs: int, seed: int, folder: Path) -> dict[str, Any]:
     aux = METHODS[method]
-    spec = folder / f"{method.split()[0]}-{blocks}.yaml"
+    slug = "".join(c if c.isalnum() else "-" for c in method)
+    spec = folder / f"{slug}-{blocks}.yaml"
     spec.write_text(spec_text(blocks, aux))
-    out = folder / f"pkg-{method.split()[-1].strip('()')}-{blocks}"
+    out = folder / f"pkg-{slug}-{blocks}"
     if not out.exists():
         compile_package(None, str(spec), ModelOptions(), out=str(out))
     mode = "e2e" if aux is None else "local"
@@ -75,16 +85,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--blocks", type=int, default=4)
+    parser.add_argument("--blocks", type=int, nargs="+", default=[4])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--quick", action="store_true", help="2 epochs")
     args = parser.parse_args()
     epochs = 2 if args.quick else args.epochs
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for method in METHODS:
-            runs = [run(method, args.blocks, epochs, s, Path(tmp)) for s in args.seeds]
-            rows.append((method, runs))
-    print(f"ResNet-32 on digits, K = {args.blocks}, {epochs} epochs, seeds {args.seeds}\n")
+    for blocks in args.blocks:
+        rows = []
+        with tempfile.TemporaryDirectory() as tmp:
+            for method in args.methods:
+                runs = [run(method, blocks, epochs, s, Path(tmp)) for s in args.seeds]
+                rows.append((method, runs))
+        table(rows, blocks, epochs, args.seeds)
+
+
+def table(
+    rows: list[tuple[str, list[dict[str, Any]]]], blocks: int, epochs: int, seeds: list[int]
+) -> None:
+    print(f"\nResNet-32 on digits, K = {blocks}, {epochs} epochs, seeds {seeds}\n")
     print("| method | test accuracy | peak activation MiB | step time ms | wall s |")
     print("|---|---|---|---|---|")
     for method, runs in rows:
@@ -94,7 +112,8 @@ def main() -> None:
         wall = [r["wall_s"] for r in runs]
         print(
             f"| {method} | {cell(acc, '.1f')}% | {cell(mib, '.1f')} | {cell(step, '.0f')} | "
-            f"{cell(wall, '.0f')} |"
+            f"{cell(wall, '.0f')} |",
+            flush=True,
         )
 
 

@@ -36,19 +36,34 @@ def run(argv: list[str]) -> tuple[float, int, str]:
 
 def speed_table(models: list[str], repeats: int) -> None:
     base = [run([sys.executable, "-c", "import torch, torchvision"]) for _ in range(repeats)]
-    print(f"Importing torch and torchvision alone: {statistics.median(b[0] for b in base):.2f} s, "
-          f"peak RSS {statistics.median(b[1] for b in base) / 2**20:,.0f} MiB\n")
-    print("| model (batch 32, 3x224x224, fp32) | wall s (median) | peak RSS MiB | "
-          "reported saved activations MiB | cuts |")
+    print(
+        f"Importing torch and torchvision alone: {statistics.median(b[0] for b in base):.2f} s, "
+        f"peak RSS {statistics.median(b[1] for b in base) / 2**20:,.0f} MiB\n"
+    )
+    print(
+        "| model (batch 32, 3x224x224, fp32) | wall s (median) | peak RSS MiB | "
+        "reported saved activations MiB | cuts |"
+    )
     print("|---|---|---|---|---|")
     for name in models:
-        argv = [sys.executable, "-m", "cli", "inspect", f"torchvision:{name}",
-                "--input-shape", "3,224,224", "--format", "json"]
+        argv = [
+            sys.executable,
+            "-m",
+            "cli",
+            "inspect",
+            f"torchvision:{name}",
+            "--input-shape",
+            "3,224,224",
+            "--format",
+            "json",
+        ]
         runs = [run(argv) for _ in range(repeats)]
         report = json.loads(runs[0][2])
-        print(f"| {name} | {statistics.median(r[0] for r in runs):.2f} | "
-              f"{max(r[1] for r in runs) / 2**20:,.0f} | "
-              f"{report['total_activation_bytes'] / 2**20:,.1f} | {len(report['cut_points'])} |")
+        print(
+            f"| {name} | {statistics.median(r[0] for r in runs):.2f} | "
+            f"{max(r[1] for r in runs) / 2**20:,.0f} | "
+            f"{report['total_activation_bytes'] / 2**20:,.1f} | {len(report['cut_points'])} |"
+        )
 
 
 def accuracy_table(models: list[str], batch: int) -> None:
@@ -57,15 +72,16 @@ def accuracy_table(models: list[str], batch: int) -> None:
     from splitter import ModelOptions, analyze
     from splitter.annotate import measure_saved_bytes
 
-    print(f"\n| model (batch {batch}, 3x224x224) | estimated MiB (fake) | measured MiB "
-          "(real CPU forward) | difference |")
+    print(
+        f"\n| model (batch {batch}, 3x224x224) | estimated MiB (fake) | measured MiB "
+        "(real CPU forward) | difference |"
+    )
     print("|---|---|---|---|")
     for name in models:
         analysis = analyze(f"torchvision:{name}", ModelOptions(batch_size=batch))
         real = measure_saved_bytes(analysis.model.module, torch.randn(batch, 3, 224, 224))
         est = analysis.total_activation_bytes
-        print(f"| {name} | {est / 2**20:,.2f} | {real / 2**20:,.2f} | "
-              f"{(est - real) / real:+.2%} |")
+        print(f"| {name} | {est / 2**20:,.2f} | {real / 2**20:,.2f} | {(est - real) / real:+.2%} |")
 
 
 def main() -> None:

@@ -152,9 +152,9 @@ class InfoProDecoder(nn.Module):
 
 class Auxiliary(nn.Module):
     """A block's auxiliary network: `aux(h, target, image, history)` returns the local loss and
-    the logits it predicted (`image` is the un-normalised input, `history` the detached inputs
-    of this block and the ones before, the last first to go); `after_backward()` runs once per
-    step, right after the block's backward (an EMA update, for momentum and MLAAN)."""
+    the logits it predicted (`image` is the un-normalised input; `history` the detached inputs
+    of the last `window` blocks, this one's last); `after_backward()` runs once per step, right
+    after the block's backward (an EMA update, for momentum and MLAAN)."""
 
     window = 1
     """How many blocks, this one included, its loss trains (more only for MLAAN)."""
