@@ -11,11 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-import torch.fx as fx
 import yaml
 from torch import nn
 
-from splitter.annotate import node_cost
 from splitter.auxview import AUX_CLASSES, AuxiliaryViews, aux_config
 from splitter.codegen import Imports, ModuleSource, module_source
 from splitter.costs import output_shape
@@ -129,18 +127,16 @@ class Viewer:
         self.name = model_name(plan.analysis.model.ref)
         self.analysis = plan.analysis
         self.gm = self.analysis.traced.graph("train")
-        self.nodes = {n.name: n for n in self.gm.graph.nodes}
         self.batch = self.analysis.model.batch_size
         self.imports = Imports(source.renamed, {"import torch", "from torch import nn"})
-        self.names = ["input", *(c.name for c in plan.cuts), "output"]
+        self.aux = AuxiliaryViews(plan, self.imports, self.batch)
 
     # ---------------------------------------------------------------- blocks.py
 
     def blocks(self, top: str) -> dict[str, Any]:
         blocks = [self._block(k) for k in range(len(self.plan.surgery.blocks))]
-        views = AuxiliaryViews(self.plan, self.imports, self.batch)
-        auxiliaries = views.views()
-        units = list(views.units.values())
+        auxiliaries = self.aux.views()
+        units = list(self.aux.units.values())
         text = " ".join(a.expression for a in auxiliaries)
         used = sorted(name for name in AUX_CLASSES if f"{name}(" in text)
         local = {"from auxiliary import " + ", ".join(used)}
@@ -161,31 +157,12 @@ class Viewer:
     def _block(self, k: int) -> ModuleSource:
         block = self.plan.surgery.blocks[k]
         graphs = {mode: block.graphs[mode] for mode in ("train", "eval")}
-        shapes = f"{self._shape_text(self.names[k])} -> {self._shape_text(self.names[k + 1])}"
+        bounds = self.aux.bounds
+        shapes = f"{self.aux.shape_text(bounds[k])} -> {self.aux.shape_text(bounds[k + 1])}"
         doc = f"Block {k}: after `{block.start}` up to `{block.end}`, {shapes}."
         return module_source(
             f"Block{k}", doc, graphs, self.analysis.target, self.imports, self.batch
         )
-
-    def _node(self, cut: str) -> str | None:
-        if cut in ("input", "output"):
-            return None
-        found = self.analysis.cuts.find(cut)
-        assert found is not None
-        return found.node
-
-    def _boundary(self, cut: str) -> tuple[fx.Node, tuple[int, ...]]:
-        if cut == "output":
-            node = list(self.gm.graph.nodes)[-1]
-            return node, output_shape(self.gm.graph) or ()
-        name = self._node(cut)
-        node = self.nodes[name] if name else next(iter(self.gm.graph.nodes))
-        shape = node_cost(node).shape if name else (self.batch, *self.analysis.target_input.shape)
-        return node, shape or ()
-
-    def _shape_text(self, cut: str) -> str:
-        shape = self._boundary(cut)[1]
-        return "(" + ", ".join(["B", *map(str, shape[1:])]) + ")"
 
     def _local_imports(self) -> set[str]:
         """Imports of the package's own modules (the model file and its siblings)."""
@@ -300,10 +277,6 @@ def _plain_values(kwargs: dict[str, object]) -> Any:
             f"model arguments {kwargs} cannot be written to spec.lock.yaml; pass plain values "
             "(numbers, strings, lists, mappings)"
         ) from None
-
-
-def _channels(sample: tuple[int, ...], layout: str) -> int:
-    return sample[-1] if layout in ("nhwc", "nlc") else sample[0]
 
 
 def _version(name: str) -> str | None:
