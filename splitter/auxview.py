@@ -10,9 +10,10 @@ from schemas.auxiliary import AugmentedAux, ConvAux, InfoProAux, LinearAux, Mlaa
 from splitter.codegen import Imports, ModuleSource, module_source
 from splitter.costs import CostModel, augmented_units
 from splitter.errors import SplitterError
-from splitter.heads import InfoProDecoder, Layout, infer_layout
+from splitter.heads import InfoProDecoder, Layout, default_layout, infer_layout
 from splitter.partitioner import settings_from
 from splitter.plan import Plan
+from splitter.runtime.auxiliary import channels
 from splitter.surgery import span_graph
 
 AUX_CLASSES = (
@@ -202,7 +203,9 @@ class AuxiliaryViews:
         if chosen != "auto":
             layout = cast(Layout, chosen)
         else:
-            layout = infer_layout(self.gm, node, shape) if node is not None else _by_rank(shape)
+            layout = (
+                infer_layout(self.gm, node, shape) if node is not None else default_layout(shape)
+            )
         if len(shape) - 1 != _RANK[layout]:
             fits = [name for name, rank in _RANK.items() if rank == len(shape) - 1]
             raise AuxiliaryError(
@@ -213,16 +216,11 @@ class AuxiliaryViews:
         return layout
 
 
-def _by_rank(shape: tuple[int, ...]) -> Layout:
-    return {4: "nchw", 3: "nlc"}.get(len(shape), "nc")  # type: ignore[return-value]
-
-
 def _linear(sample: tuple[int, ...], layout: str) -> str:
     return f'LinearHead({sample}, "{layout}", num_classes)'
 
 
-def _conv(sample: tuple[int, ...], layout: str, config: ConvAux) -> str:
-    channels = sample[-1] if layout in ("nhwc", "nlc") else sample[0]
-    width = config.width or 2 * channels
+def _conv(sample: tuple[int, ...], layout: Layout, config: ConvAux) -> str:
+    width = config.width or 2 * channels(sample, layout)
     options = f"depth={config.depth}, width={width}, hidden={config.hidden}"
     return f'ConvHead({sample}, "{layout}", num_classes, {options})'

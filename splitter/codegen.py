@@ -74,16 +74,13 @@ def module_source(
     model: nn.Module,
     imports: Imports,
     batch: int,
-    owner: str = "model",
 ) -> ModuleSource:
     """An emitted class running `graphs` ("train" and, when it differs, "eval"), built from
-    the module named `owner` in its `__init__`."""
+    the model in its `__init__`."""
     codes = {mode: _method(graph, imports, batch) for mode, graph in graphs.items()}
     found = [t for graph in graphs.values() for t in _targets(graph)]
     targets = [t for t in found if not _is_constant(model, t)]
-    constants = tuple(
-        _constant(model, t, owner) for t in dict.fromkeys(found) if _is_constant(model, t)
-    )
+    constants = tuple(_constant(model, t) for t in dict.fromkeys(found) if _is_constant(model, t))
     train = codes["train"]
     if _plain(codes.get("eval", train)) == _plain(train):
         methods = _rename(train, "forward")
@@ -112,14 +109,12 @@ def _is_constant(model: nn.Module, target: str) -> bool:
     return isinstance(value, torch.Tensor) and not registered
 
 
-def _constant(model: nn.Module, target: str, owner: str) -> str:
+def _constant(model: nn.Module, target: str) -> str:
     """The `__init__` line that rebuilds a tensor constant: a view of the model's buffer or
     parameter that holds its values, else a literal when small."""
     tensor = getattr(model, target, None)
     if "." in target or not isinstance(tensor, torch.Tensor):
         raise CodegenError(f"the traced graph reads `{target}`, which the package cannot rebuild")
-    if owner == "block":  # a unit of a block, which holds the constant already
-        return _register(target, f'block.get_buffer("{target}")')
     buffers = dict(model.named_buffers())
     held = {**dict(model.named_parameters()), **buffers}
     for name, value in held.items():
@@ -128,7 +123,7 @@ def _constant(model: nn.Module, target: str, owner: str) -> str:
                 f'get_buffer("{name}")' if name in buffers else f'get_parameter("{name}").detach()'
             )
             view = f"{tuple(tensor.shape)}, {tensor.stride()}, {tensor.storage_offset()}"
-            return _register(target, f"{owner}.{get}.as_strided({view})")
+            return _register(target, f"model.{get}.as_strided({view})")
     if tensor.numel() <= 64:
         return _register(target, f"torch.tensor({tensor.tolist()}, dtype={tensor.dtype})")
     raise CodegenError(

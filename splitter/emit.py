@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import textwrap
@@ -12,7 +11,6 @@ from typing import Any
 
 import jinja2
 import yaml
-from torch import nn
 
 from splitter.auxview import AUX_CLASSES, AuxiliaryViews, aux_config
 from splitter.codegen import Imports, ModuleSource, module_source
@@ -20,6 +18,7 @@ from splitter.costs import output_shape
 from splitter.errors import SplitterError
 from splitter.modelsource import ModelSource
 from splitter.plan import Plan
+from splitter.runtime.checkpoint import fingerprint
 
 RUNTIME = Path(__file__).parent / "runtime"
 RUNTIME_FILES = ("auxiliary.py", "checkpoint.py", "data.py", "memory.py", "optim.py", "train.py")
@@ -37,12 +36,6 @@ EMITTED_KINDS = ("linear", "conv", "momentum", "infopro", "augmented", "mlaan")
 
 class CompileError(SplitterError):
     """The plan asks for something the emitted package cannot do."""
-
-
-def fingerprint(model: nn.Module) -> str:
-    """A digest of the names and shapes of the model's state_dict (train.py checks it)."""
-    lines = "\n".join(f"{k}:{list(v.shape)}" for k, v in model.state_dict().items())
-    return hashlib.sha256(lines.encode()).hexdigest()[:16]
 
 
 def header(version: str, sources: dict[str, str]) -> str:

@@ -172,10 +172,19 @@ def _build_torchvision(name: str, kwargs: Mapping[str, object]) -> nn.Module:
             "`python -c 'import torchvision; print(torchvision.models.list_models())'` lists them"
         )
     builder = torchvision.models.get_model_builder(name)
+    defaults = torchvision_defaults(name)
+    return _call_builder(f"torchvision:{name}", builder, {**defaults, **kwargs})
+
+
+def torchvision_defaults(name: str) -> dict[str, object]:
+    """Keyword arguments that build torchvision's `name` randomly initialised (no download)."""
+    import torchvision
+
+    builder = torchvision.models.get_model_builder(name)
     defaults: dict[str, object] = {"weights": None}
     if "weights_backbone" in inspect.signature(builder).parameters:
         defaults["weights_backbone"] = None
-    return _call_builder(f"torchvision:{name}", builder, {**defaults, **kwargs})
+    return defaults
 
 
 def _build_timm(name: str, kwargs: Mapping[str, object]) -> nn.Module:

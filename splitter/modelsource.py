@@ -4,6 +4,7 @@ import of the torchvision or timm model."""
 from __future__ import annotations
 
 import ast
+import functools
 import importlib.metadata
 import importlib.util
 import sys
@@ -11,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from splitter.errors import SplitterError
-from splitter.modelref import import_model_file, split_file_ref
+from splitter.modelref import import_model_file, split_file_ref, torchvision_defaults
 
 RESERVED = ("auxiliary", "blocks", "checkpoint", "data", "memory", "model", "optim", "train")
 """Module names the package uses for its own files."""
@@ -60,7 +61,7 @@ def model_source(ref: str) -> ModelSource:
     """How the package rebuilds the model `ref` names (a file, `torchvision:` or `timm:`)."""
     if ref.startswith("torchvision:"):
         name = ref.removeprefix("torchvision:")
-        defaults = '"weights": None, ' + _weights_backbone(name)
+        defaults = "".join(f'"{k}": None, ' for k in torchvision_defaults(name))
         return ModelSource(
             {"model.py": _TORCHVISION.format(name=name, defaults=defaults)}, "build_model"
         )
@@ -75,16 +76,6 @@ def model_source(ref: str) -> ModelSource:
         files.update(_copy_module(sibling, path.parent))
     renamed = {import_model_file(path).__name__: "model"}
     return ModelSource(files, builder, renamed, copied=True)
-
-
-def _weights_backbone(name: str) -> str:
-    import inspect
-
-    import torchvision
-
-    builder = torchvision.models.get_model_builder(name)
-    has = "weights_backbone" in inspect.signature(builder).parameters
-    return '"weights_backbone": None, ' if has else ""
 
 
 def _siblings(path: Path, seen: set[Path]) -> list[Path]:
@@ -145,8 +136,9 @@ def _check_installed(path: Path, name: str, line: int) -> None:
     )
 
 
-def _distributions() -> set[str]:
-    return set(importlib.metadata.packages_distributions())
+@functools.cache
+def _distributions() -> frozenset[str]:
+    return frozenset(importlib.metadata.packages_distributions())
 
 
 def _copy_module(source: Path, folder: Path) -> dict[str, str]:

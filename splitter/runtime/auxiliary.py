@@ -223,10 +223,7 @@ class Momentum(Auxiliary):
 
     @torch.no_grad()
     def after_backward(self) -> None:
-        ema: list[torch.Tensor] = list(self.ema.parameters())
-        if ema:
-            torch._foreach_mul_(ema, self.decay)
-            torch._foreach_add_(ema, list(self._source), alpha=1 - self.decay)
+        ema_update(self.ema, self._source, self.decay)
         self.head.after_backward()
 
 
@@ -343,9 +340,15 @@ class Mlaan(Auxiliary):
     @torch.no_grad()
     def after_backward(self) -> None:
         if self.ema is not None:
-            ema: list[torch.Tensor] = list(self.ema.parameters())
-            torch._foreach_mul_(ema, self.decay)
-            torch._foreach_add_(ema, list(self._source), alpha=1 - self.decay)
+            ema_update(self.ema, self._source, self.decay)
+
+
+def ema_update(ema: nn.Module, source: Sequence[torch.Tensor], decay: float) -> None:
+    """`ema = decay * ema + (1 - decay) * source`, parameter by parameter (not buffers)."""
+    params: list[torch.Tensor] = list(ema.parameters())
+    if params:
+        torch._foreach_mul_(params, decay)
+        torch._foreach_add_(params, list(source), alpha=1 - decay)
 
 
 def _reset(module: nn.Module) -> None:

@@ -1,13 +1,21 @@
 """Checkpoints: modules, optimizers, the gradient scaler and the random generators, each file
-written whole (a temporary file, then a rename)."""
+written whole (a temporary file, then a rename); the model fingerprint they belong to."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
+
+
+def fingerprint(model: nn.Module) -> str:
+    """A digest of the names and shapes of the model's state_dict: what `splitter compile`
+    writes to spec.lock.yaml and train.py checks at start-up."""
+    lines = "\n".join(f"{k}:{list(v.shape)}" for k, v in model.state_dict().items())
+    return hashlib.sha256(lines.encode()).hexdigest()[:16]
 
 
 class CheckpointError(ValueError):

@@ -15,7 +15,6 @@ the task loss. `--out` receives checkpoint.pt and metrics.json.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import itertools
 import json
 import statistics
@@ -86,11 +85,8 @@ class Parts:
     blocks: nn.ModuleList
     auxiliaries: nn.ModuleList
     num_classes: int
-
-    @property
-    def reach(self) -> int:
-        """The most blocks one auxiliary's loss trains (its block inputs are kept)."""
-        return max((int(getattr(a, "window", 1)) for a in self.auxiliaries), default=1)
+    reach: int = 1
+    """The most blocks one auxiliary's loss trains: how many block inputs a step keeps."""
 
 
 def build(seed: int) -> Parts:
@@ -100,20 +96,17 @@ def build(seed: int) -> Parts:
     check_fingerprint(net)
     split = blocks.build_blocks(net)
     num_classes = PACKAGE["num_classes"]
-    return Parts(net, split, blocks.build_auxiliaries(net, split, num_classes), num_classes)
-
-
-def fingerprint(net: nn.Module) -> str:
-    """A digest of the names and shapes of the model's state_dict."""
-    lines = "\n".join(f"{k}:{list(v.shape)}" for k, v in net.state_dict().items())
-    return hashlib.sha256(lines.encode()).hexdigest()[:16]
+    auxiliaries = blocks.build_auxiliaries(net, split, num_classes)
+    reach = max((int(getattr(a, "window", 1)) for a in auxiliaries), default=1)
+    return Parts(net, split, auxiliaries, num_classes, reach)
 
 
 def check_fingerprint(net: nn.Module) -> None:
-    if fingerprint(net) != PACKAGE["fingerprint"]:
+    found = checkpoint.fingerprint(net)
+    if found != PACKAGE["fingerprint"]:
         raise ConfigError(
             "model.py builds a model whose parameters differ from the one compiled (state_dict "
-            f"fingerprint {fingerprint(net)}, spec.lock.yaml says {PACKAGE['fingerprint']}); "
+            f"fingerprint {found}, spec.lock.yaml says {PACKAGE['fingerprint']}); "
             "run `splitter compile` again for the changed model"
         )
 
