@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -22,10 +20,12 @@ from cli.options import (
     Leaf,
     ModelArg,
     ModelRef,
+    Plot,
     PrecisionOpt,
     model_options,
 )
 from splitter.errors import SplitterError, UsageError
+from splitter.files import write_atomically
 
 app = typer.Typer(
     name="splitter",
@@ -106,14 +106,6 @@ def _writable(output: str | None, force: bool) -> Path | None:
     return path
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    """Write beside the target, then rename: a failure never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
-        tmp.write(text)
-    os.replace(tmp.name, path)
-
-
 def _print_notes(report: dict[str, Any]) -> None:
     for note in report["warnings"]:
         stderr.print(f"[yellow]warning:[/] {escape(note)}", highlight=False, soft_wrap=True)
@@ -148,21 +140,49 @@ def inspect(
     precision: PrecisionOpt = None,
     leaf: Leaf = None,
     fmt: Format = "table",
+    plot: Plot = None,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing --plot file.")] = False,
 ) -> None:
-    """Trace MODEL, annotate its costs and list its legal cut points, units and blocks."""
+    """Trace MODEL, annotate its costs and list its legal cut points, units and blocks;
+    with --plot, draw them."""
     from splitter.analysis import analyze
     from splitter.plan import load_plan
-    from splitter.report import inspect_report, render
+    from splitter.report import inspect_report, plan_partition, render
 
     def build() -> dict[str, Any]:
         _check_format(fmt)
+        target = _plot_target(plot, force)
         options = model_options(model_arg, input_shape, input_dtype, batch_size, precision, leaf)
         if spec is None:
-            return inspect_report(analyze(model, options))
+            analysis = analyze(model, options)
+            _draw(target, lambda: (analysis, None))
+            return inspect_report(analysis)
         plan = load_plan(model, spec, options)
+        _draw(target, lambda: (plan.analysis, plan_partition(plan)))
         return inspect_report(plan.analysis, plan)
 
     _emit(_run(build), fmt, render)
+    _say_plotted(plot)
+
+
+def _plot_target(plot: str | None, force: bool) -> Path | None:
+    from splitter.plot import check_plot_path
+
+    return check_plot_path(plot, force) if plot else None
+
+
+def _draw(target: Path | None, what: Callable[[], tuple[Any, Any]]) -> None:
+    if target is None:
+        return
+    from splitter.picture import picture
+    from splitter.plot import save
+
+    save(picture(*what()), target)
+
+
+def _say_plotted(plot: str | None) -> None:
+    if plot:
+        stderr.print(f"wrote {escape(plot)}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -223,7 +243,8 @@ def partition(
     output: Annotated[
         str | None, typer.Option("-o", "--output", help="Write the spec here.")
     ] = None,
-    force: Annotated[bool, typer.Option(help="Overwrite an existing -o file.")] = False,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing -o or --plot file.")] = False,
+    plot: Plot = None,
     model_arg: ModelArg = None,
     input_shape: InputShape = None,
     input_dtype: InputDtype = None,
@@ -242,6 +263,7 @@ def partition(
         _check_choices(balance=balance, aux=aux, optimizer=optimizer)
         options = model_options(model_arg, input_shape, input_dtype, batch_size, precision, leaf)
         target = _writable(output, force)
+        drawing = _plot_target(plot, force)
         part = run_partition(
             model,
             blocks=blocks,
@@ -253,11 +275,13 @@ def partition(
             options=options,
         )
         text = spec_yaml(part, part.spec, aux, optimizer)
+        _draw(drawing, lambda: (part.analysis, part))
         if target is not None:
-            _write_atomically(target, text)
+            write_atomically(target, text)
         return partition_report(part, text, str(target) if target else None)
 
     report = _run(build)
+    _say_plotted(plot)
     _print_notes(report)
     if fmt == "json":
         sys.stdout.write(json.dumps(report, indent=2) + "\n")

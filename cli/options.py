@@ -48,6 +48,10 @@ Leaf = Annotated[
 Format = Annotated[
     str, typer.Option("--format", help="`table` (rich, stdout) or `json` (stdout: JSON only).")
 ]
+Plot = Annotated[
+    str | None,
+    typer.Option(help="Draw the block graph and its memory into this .svg, .png or .html file."),
+]
 
 
 def model_options(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from schemas import LoadedSpec, load_spec, parse_spec
 from splitter.analysis import analyze
 from splitter.emit import RUNTIME_FILES, model_name, package_files
 from splitter.errors import SplitterError, UsageError
+from splitter.files import umask
 from splitter.modelref import ModelOptions, merge_options
 from splitter.modelsource import model_source
 from splitter.plan import Plan, plan_for, spec_model_ref
@@ -115,7 +115,7 @@ def write_package(
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        staging.chmod(0o777 & ~_umask())
+        staging.chmod(0o777 & ~umask())
         for name, text in files.items():
             path = staging / name
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -125,12 +125,6 @@ def write_package(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _check_target(out: Path, force: bool) -> None:

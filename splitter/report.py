@@ -23,7 +23,7 @@ def inspect_report(analysis: Analysis, plan: Plan | None = None) -> dict[str, An
     gm = traced.graph("train")
     costs = [node_cost(n) for n in gm.graph.nodes]
     block_ends = [c.name for c in plan.cuts] if plan else []
-    priced = _plan_partition(plan) if plan else None
+    priced = plan_partition(plan) if plan else None
     return {
         "model": model.ref,
         "root": analysis.root,
@@ -81,7 +81,8 @@ def _block_rows(
     return rows
 
 
-def _plan_partition(plan: Plan) -> Partition:
+def plan_partition(plan: Plan) -> Partition:
+    """The costs of the plan's blocks, as the partitioner prices them."""
     settings = settings_from(plan.spec.spec, None, None)
     return evaluate(plan.analysis, plan.cuts, settings)
 

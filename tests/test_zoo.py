@@ -18,7 +18,10 @@ from splitter.analysis import Analysis, analyze
 from splitter.compiler import compile_package
 from splitter.errors import SplitterError
 from splitter.package import load_package
+from splitter.picture import picture
 from splitter.plan import plan_for
+from splitter.plot import cut_label, svg_text
+from splitter.report import plan_partition
 from splitter.verify import tree_equal, verify_plan
 from splitter.modelref import ModelOptions
 
@@ -83,7 +86,21 @@ def test_torchvision(name: str) -> None:
             with pytest.raises(SplitterError, match=r"use at most \d+ blocks"):
                 verified(analysis, f"{{auto: {{blocks: {blocks}}}}}")
             continue
-        assert len(verified(analysis, f"{{auto: {{blocks: {blocks}}}}}")) == blocks - 1
+        cuts = verified(analysis, f"{{auto: {{blocks: {blocks}}}}}")
+        assert len(cuts) == blocks - 1
+        if blocks == 4:
+            drawn(analysis, cuts)
+
+
+def drawn(analysis: Analysis, cuts: list[str]) -> None:
+    """The picture of the split names every block and chosen cut; its rows tile the graph."""
+    plan = plan_for(analysis, parse_spec("version: 1\npartition: {cuts: %s}\n" % json.dumps(cuts)))
+    pic = picture(analysis, plan_partition(plan))
+    assert pic.rows[0].lo == -1 and all(a.hi == b.lo for a, b in zip(pic.rows, pic.rows[1:]))
+    assert sum(r.saved_bytes for r in pic.rows) == analysis.total_activation_bytes
+    svg = svg_text(pic)
+    for k, cut in enumerate(cuts):
+        assert f"block {k}" in svg and cut_label(cut, chosen=True) in svg
 
 
 @pytest.mark.skipif(importlib.util.find_spec("timm") is None, reason="timm not installed")

@@ -1,0 +1,375 @@
+"""What a picture of a split shows: the graph collapsed to units (runs of alike units folded),
+its legal cuts and skip connections, the blocks with their auxiliaries, and the memory of each.
+
+`picture(analysis, partition)` computes it; `splitter.plot` draws it. Nothing here draws."""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from functools import partial
+from typing import Any
+
+import networkx as nx
+import torch
+import torch.fx as fx
+from torch import nn
+
+from schemas.auxiliary import AugmentedAux, MlaanAux, MomentumAux
+from splitter.analysis import Analysis
+from splitter.annotate import node_cost
+from splitter.costs import AuxCost, CostModel, augmented_units
+from splitter.cuts import CONTAINERS, Unit, data_graph, units
+from splitter.partitioner import Partition
+
+ADDS = {operator.add, operator.iadd, torch.add, "add", "add_"}
+CATS = {torch.cat, torch.concat, "cat", "concat"}
+
+
+@dataclass(frozen=True)
+class Row:
+    """One drawn unit, or a run of `count` alike consecutive units of one block."""
+
+    first: str
+    """The (first) unit's name: the modules it holds, else its last cut."""
+    last: str
+    count: int
+    """Alike units folded into this row (drawn as `x count`)."""
+    units: int
+    """Units between legal cuts that the row holds."""
+    modules: tuple[str, ...]
+    """The outermost modules wholly inside the (first) unit."""
+    kind: str
+    params: int
+    saved_bytes: int
+    shape: tuple[int, ...] | None
+    skips: tuple[str, ...]
+    """The skip connections merging inside each unit: `add` (residual) or `cat`."""
+    end_cut: str | None
+    """The legal cut below the row; None for the model's output."""
+    inner_cuts: int
+    """Legal cuts inside the row (between folded units, and inside each unit)."""
+    block: int
+    lo: int
+    """The node index before the row's first node (-1 at the input)."""
+    hi: int
+    """The node index of the row's last node."""
+
+    @property
+    def label(self) -> str:
+        return self.first if self.count == 1 else f"{self.first} … {self.last}"
+
+
+@dataclass(frozen=True)
+class AuxView:
+    kind: str
+    lines: tuple[str, ...]
+    cost: AuxCost
+    sources: tuple[int, ...] = ()
+    """Rows the auxiliary keeps an EMA of (momentum, MLAAN)."""
+
+
+@dataclass(frozen=True)
+class BlockView:
+    index: int
+    first_row: int
+    rows: int
+    params: int
+    activation_bytes: int
+    aux_activation_bytes: int
+    grad_bytes: int
+    aux: AuxView | None
+
+    @property
+    def variable_bytes(self) -> int:
+        return self.activation_bytes + self.aux_activation_bytes + self.grad_bytes
+
+
+@dataclass(frozen=True)
+class Picture:
+    title: str
+    rows: tuple[Row, ...]
+    blocks: tuple[BlockView, ...]
+    """Empty when no split was given: then the rows are the whole model."""
+    cuts: tuple[str, ...]
+    """The chosen cuts, in order."""
+    fixed_bytes: int
+    e2e_peak_bytes: int
+    local_peak_bytes: int
+    total_activation_bytes: int
+    batch_size: int
+
+
+def picture(analysis: Analysis, partition: Partition | None = None) -> Picture:
+    """The picture of `analysis`, split as `partition` says (else unsplit)."""
+    gm = analysis.traced.graph("train")
+    cuts = partition.cuts if partition else []
+    unit_list = units(gm, analysis.cuts.cuts, [c.name for c in cuts])
+    ends = [c.index for c in cuts]
+    spans = _module_spans(gm)
+    rows = []
+    for unit in unit_list:
+        lo, hi = _pos(analysis, gm, unit.start), _pos(analysis, gm, unit.end)
+        rows.append(_row(analysis, gm, spans, unit, lo, hi, sum(1 for e in ends if e < hi)))
+    blocks = _blocks(analysis, partition, rows) if partition else ()
+    root = analysis.target
+    merge = partial(_merged, root)
+    rows, blocks = _regroup(rows, blocks, _by_parent(root, spans, rows), merge)
+    pinned = {s for b in blocks if b.aux for s in b.aux.sources}
+    rows, blocks = _regroup(rows, blocks, _alike_runs(rows, pinned), _folded)
+    title = analysis.model.ref + (f" ({analysis.root})" if analysis.root else "")
+    return Picture(
+        title=title,
+        rows=tuple(rows),
+        blocks=blocks,
+        cuts=tuple(c.name for c in cuts),
+        fixed_bytes=partition.fixed_bytes if partition else 0,
+        e2e_peak_bytes=partition.e2e_peak_bytes if partition else 0,
+        local_peak_bytes=partition.local_peak_bytes if partition else 0,
+        total_activation_bytes=analysis.total_activation_bytes,
+        batch_size=analysis.model.batch_size,
+    )
+
+
+def _pos(analysis: Analysis, gm: fx.GraphModule, name: str) -> int:
+    """The node index a unit boundary names: -1 for the input, the last node for the output."""
+    if name == "input":
+        return -1
+    if name == "output":
+        return len(gm.graph.nodes) - 1
+    cut = analysis.cuts.find(name)
+    assert cut is not None, name
+    return cut.index
+
+
+def _row(
+    analysis: Analysis,
+    gm: fx.GraphModule,
+    spans: dict[str, tuple[int, int]],
+    unit: Unit,
+    lo: int,
+    hi: int,
+    block: int,
+) -> Row:
+    nodes = list(gm.graph.nodes)
+    span = nodes[lo + 1 : hi + 1]
+    modules = _modules_within(analysis.target, spans, lo, hi)
+    name = ", ".join(modules[:2]) + (", …" if len(modules) > 2 else "") if modules else unit.end
+    kinds = sorted({type(analysis.target.get_submodule(m)).__name__ for m in modules})
+    last = nodes[hi]
+    return Row(
+        first=name,
+        last=name,
+        count=1,
+        units=1,
+        modules=tuple(modules),
+        kind="+".join(kinds) if len(kinds) <= 2 else "mixed",
+        params=unit.params,
+        saved_bytes=sum(node_cost(n).saved_bytes for n in span if "splitter" in n.meta),
+        shape=node_cost(last).shape if "splitter" in last.meta else None,
+        skips=_skips(gm.graph, span),
+        end_cut=None if unit.end == "output" else unit.end,
+        inner_cuts=sum(1 for c in analysis.cuts.cuts if lo < c.index < hi),
+        block=block,
+        lo=lo,
+        hi=hi,
+    )
+
+
+def _module_spans(gm: fx.GraphModule) -> dict[str, tuple[int, int]]:
+    """Each module's first and last node index in the graph."""
+    spans: dict[str, tuple[int, int]] = {}
+    for i, node in enumerate(gm.graph.nodes):
+        stack = [str(v[0]) for v in (node.meta.get("nn_module_stack") or {}).values()]
+        if node.op == "call_module":
+            stack.append(str(node.target))
+        for fqn in stack:
+            if fqn:
+                spans[fqn] = (spans[fqn][0] if fqn in spans else i, i)
+    return spans
+
+
+def _modules_within(
+    root: nn.Module, spans: dict[str, tuple[int, int]], lo: int, hi: int
+) -> list[str]:
+    """The outermost modules that lie wholly in nodes lo+1..hi, in graph order: those with
+    parameters, else all of them."""
+    whole = [f for f, (a, b) in spans.items() if lo < a and b <= hi]
+    whole.sort(key=lambda f: spans[f])
+    outer = [f for f in whole if not any(f.startswith(o + ".") for o in whole)]
+    weighted = [f for f in outer if any(True for _ in root.get_submodule(f).parameters())]
+    return weighted or outer
+
+
+def _skips(graph: fx.Graph, span: list[fx.Node]) -> tuple[str, ...]:
+    """Additions and concatenations of two or more data paths inside the span."""
+    dag: nx.DiGraph = data_graph(graph)
+    found = []
+    for node in span:
+        if node not in dag or dag.in_degree(node) < 2:
+            continue
+        if node.target in ADDS:
+            found.append("add")
+        elif node.target in CATS:
+            found.append("cat")
+    return tuple(found)
+
+
+def _blocks(analysis: Analysis, partition: Partition, rows: list[Row]) -> tuple[BlockView, ...]:
+    model = CostModel(analysis, partition.settings)
+    count = len(partition.blocks)
+    views = []
+    for k, cost in enumerate(partition.blocks):
+        members = [i for i, r in enumerate(rows) if r.block == k]
+        aux = None if k == count - 1 else _aux(model, partition, k, rows)
+        views.append(
+            BlockView(
+                index=k,
+                first_row=members[0],
+                rows=len(members),
+                params=cost.params,
+                activation_bytes=cost.activation_bytes,
+                aux_activation_bytes=cost.aux_activation_bytes,
+                grad_bytes=cost.grad_bytes,
+                aux=aux,
+            )
+        )
+    return tuple(views)
+
+
+def _aux(model: CostModel, partition: Partition, k: int, rows: list[Row]) -> AuxView:
+    aux = partition.settings.aux
+    config = aux.blocks.get(k, aux.default)
+    bounds, count = partition.bounds, len(partition.blocks)
+    j = bounds[k + 1]
+    cost = model.aux_cost(k, j, count)
+    if isinstance(config, MomentumAux):
+        source = _row_at(rows, model.position[min(model.first_unit_end(j), bounds[k + 2])])
+        lines = (
+            f"momentum ({'MAN++' if config.learnable_scale else 'MAN'})",
+            f"trainable + EMA copy of {rows[source].label}",
+            f"{config.head.kind} head",
+        )
+        return AuxView("momentum", lines, cost, (source,))
+    if isinstance(config, (AugmentedAux, MlaanAux)):
+        depth, tau = (config.depth, config.tau) if isinstance(config, AugmentedAux) else (3, 0.5)
+        picked = augmented_units(model.feature_unit_ends, j, k, count, depth, tau)
+        copies = f"fresh copies of {len(picked)} later unit{'s' * (len(picked) != 1)}"
+        if isinstance(config, AugmentedAux):
+            return AuxView("augmented", ("augmented (AugLocal)", copies, "linear head"), cost)
+        window = min(config.window, k + 1)
+        sources = (_row_at(rows, model.position[picked[0]]),) if picked else ()
+        lines = ("mlaan", f"conv head + cascade over {window} blocks", f"{copies}, first EMA")
+        return AuxView("mlaan", lines, cost, sources)
+    details = {
+        "linear": "pool + Linear",
+        "conv": "conv layers + pool + Linear",
+        "infopro": "decoder (BCE) + conv head (CE)",
+    }
+    return AuxView(config.kind, (config.kind, details.get(config.kind, "")), cost)
+
+
+def _row_at(rows: list[Row], position: int) -> int:
+    """The row holding node `position`."""
+    return next(i for i, r in enumerate(rows) if r.lo < position <= r.hi)
+
+
+def _by_parent(
+    root: nn.Module, spans: dict[str, tuple[int, int]], rows: list[Row]
+) -> list[list[int]]:
+    """Consecutive rows of one block that together make up the module all of them are
+    directly in (not a container, not the root): a transformer layer's attention and MLP."""
+    inner = [next(iter(_parents(root, r.modules)), None) for r in rows]
+    groups: list[list[int]] = []
+    i = 0
+    while i < len(rows):
+        group, parent = [i], inner[i]
+        if parent is not None and spans[parent][0] > rows[i].lo:
+            j = i
+            while (
+                j + 1 < len(rows) and inner[j + 1] == parent and rows[j + 1].block == rows[i].block
+            ):
+                j += 1
+            if rows[j].hi == spans[parent][1]:
+                group = list(range(i, j + 1))
+        groups.append(group)
+        i = group[-1] + 1
+    return groups
+
+
+def _parents(root: nn.Module, modules: tuple[str, ...]) -> list[str]:
+    """The ancestors of the row's first module, innermost first, that are neither containers
+    nor the root."""
+    if not modules:
+        return []
+    parts = modules[0].split(".")
+    names = [".".join(parts[:n]) for n in range(len(parts) - 1, 0, -1)]
+    return [n for n in names if not isinstance(root.get_submodule(n), CONTAINERS)]
+
+
+def _merged(root: nn.Module, rows: list[Row]) -> Row:
+    name = _parents(root, rows[0].modules)[0]
+    return replace(
+        rows[0],
+        first=name,
+        last=name,
+        kind=type(root.get_submodule(name)).__name__,
+        units=len(rows),
+        modules=(name,),
+        **_totals(rows),
+        skips=sum((r.skips for r in rows), ()),
+    )
+
+
+def _alike_runs(rows: list[Row], pinned: set[int]) -> list[list[int]]:
+    """Runs of alike consecutive rows of one block; an EMA source stays its own row."""
+    groups: list[list[int]] = []
+    for i, row in enumerate(rows):
+        prev = rows[groups[-1][0]] if groups else None
+        alike = (
+            prev is not None
+            and i not in pinned
+            and groups[-1][-1] not in pinned
+            and (prev.block, prev.kind, prev.params, prev.shape, prev.skips, prev.units)
+            == (row.block, row.kind, row.params, row.shape, row.skips, row.units)
+        )
+        if alike:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+def _folded(rows: list[Row]) -> Row:
+    return replace(rows[0], last=rows[-1].last, count=len(rows), **_totals(rows))
+
+
+def _totals(rows: list[Row]) -> dict[str, Any]:
+    """What rows[0] .. rows[-1] drawn as one row hold together: sums, and the last one's end."""
+    return {
+        "params": sum(r.params for r in rows),
+        "saved_bytes": sum(r.saved_bytes for r in rows),
+        "end_cut": rows[-1].end_cut,
+        "inner_cuts": sum(r.inner_cuts for r in rows) + len(rows) - 1,
+        "hi": rows[-1].hi,
+        "shape": rows[-1].shape,
+    }
+
+
+def _regroup(
+    rows: list[Row],
+    blocks: tuple[BlockView, ...],
+    groups: list[list[int]],
+    combine: Callable[[list[Row]], Row],
+) -> tuple[list[Row], tuple[BlockView, ...]]:
+    """Rows drawn one per group (`combine` joins a group of several), and the blocks' row
+    indices moved to match."""
+    new = [rows[g[0]] if len(g) == 1 else combine([rows[i] for i in g]) for g in groups]
+    where = {i: n for n, g in enumerate(groups) for i in g}
+    moved = []
+    for b in blocks:
+        first, last = where[b.first_row], where[b.first_row + b.rows - 1]
+        aux = b.aux and replace(b.aux, sources=tuple(where[s] for s in b.aux.sources))
+        moved.append(replace(b, first_row=first, rows=last - first + 1, aux=aux))
+    return new, tuple(moved)
