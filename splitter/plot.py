@@ -101,6 +101,32 @@ def draw(pic: Picture) -> Any:
     return figure
 
 
+def _arrow(
+    graph: Any, start: tuple[float, float], end: tuple[float, float], color: str, **style: Any
+) -> None:
+    from matplotlib.patches import FancyArrowPatch
+
+    style = {"lw": 0.8, **style}
+    graph.add_patch(
+        FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=6, color=color, **style)
+    )
+
+
+def _box(
+    graph: Any,
+    corner: tuple[float, float],
+    size: tuple[float, float],
+    edge: str,
+    face: str = "white",
+    alpha: float = 1.0,
+) -> None:
+    from matplotlib.patches import FancyBboxPatch
+
+    style = "round,pad=0,rounding_size=0.1"
+    box = FancyBboxPatch(corner, *size, boxstyle=style, facecolor=face, edgecolor=edge, alpha=alpha)
+    graph.add_patch(box)
+
+
 def colour(block: int) -> str:
     return PALETTE[block % len(PALETTE)]
 
@@ -134,23 +160,11 @@ def _draw_blocks(graph: Any, pic: Picture) -> None:
 
 
 def _draw_rows(graph: Any, pic: Picture) -> None:
-    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
-
     chosen = set(pic.cuts)
     middle = (BOX_X0 + BOX_X1) / 2
     for i, row in enumerate(pic.rows):
         edge = colour(row.block) if pic.blocks else GREY
-        graph.add_patch(
-            FancyBboxPatch(
-                (BOX_X0, i + 0.12),
-                BOX_X1 - BOX_X0,
-                0.76,
-                boxstyle="round,pad=0,rounding_size=0.1",
-                facecolor="white",
-                edgecolor=edge,
-                lw=1.0,
-            )
-        )
+        _box(graph, (BOX_X0, i + 0.12), (BOX_X1 - BOX_X0, 0.76), edge)
         times = f"  {TIMES}{row.count}" if row.count > 1 else ""
         label = _short(_row_label(row, 42 - len(times)), 42 - len(times)) + times
         graph.text(
@@ -167,16 +181,13 @@ def _draw_rows(graph: Any, pic: Picture) -> None:
             middle, i + 0.66, _details(row), ha="center", va="center", fontsize=6.5, color="#555555"
         )
         if row.skips:
-            graph.add_patch(
-                FancyArrowPatch(
-                    (BOX_X0, i + 0.22),
-                    (BOX_X0, i + 0.78),
-                    connectionstyle="arc3,rad=0.7",
-                    arrowstyle="-|>",
-                    mutation_scale=6,
-                    color=edge,
-                    lw=0.9,
-                )
+            _arrow(
+                graph,
+                (BOX_X0, i + 0.22),
+                (BOX_X0, i + 0.78),
+                edge,
+                connectionstyle="arc3,rad=0.7",
+                lw=0.9,
             )
             graph.text(
                 BOX_X0 - 0.32,
@@ -188,16 +199,7 @@ def _draw_rows(graph: Any, pic: Picture) -> None:
                 color=edge,
             )
         if i + 1 < len(pic.rows):
-            graph.add_patch(
-                FancyArrowPatch(
-                    (middle, i + 0.88),
-                    (middle, i + 1.12),
-                    arrowstyle="-|>",
-                    mutation_scale=6,
-                    color=GREY,
-                    lw=0.8,
-                )
-            )
+            _arrow(graph, (middle, i + 0.88), (middle, i + 1.12), GREY, lw=0.8)
         if row.end_cut is None:
             continue
         if row.end_cut in chosen:
@@ -247,8 +249,6 @@ def _skip_text(row: Row) -> str:
 
 
 def _draw_auxiliaries(graph: Any, pic: Picture) -> None:
-    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
-
     for block in pic.blocks:
         last = block.first_row + block.rows - 1
         tint = colour(block.index)
@@ -260,17 +260,8 @@ def _draw_auxiliaries(graph: Any, pic: Picture) -> None:
                 *(_short(line, 46) for line in block.aux.lines),
                 f"{mib(cost.saved_bytes)} MiB act · {mib(cost.param_bytes)} MiB weights",
             ]
-        graph.add_patch(
-            FancyBboxPatch(
-                (AUX_X0, last + 0.05),
-                AUX_X1 - AUX_X0,
-                0.9,
-                boxstyle="round,pad=0,rounding_size=0.1",
-                facecolor=tint if block.aux else "white",
-                alpha=0.16 if block.aux else 1.0,
-                edgecolor=tint,
-            )
-        )
+        face = (tint, 0.16) if block.aux else ("white", 1.0)
+        _box(graph, (AUX_X0, last + 0.05), (AUX_X1 - AUX_X0, 0.9), tint, *face)
         graph.text(
             AUX_X0 + 0.12, last + 0.12, lines[0], va="top", fontsize=7.5, weight="bold", color=tint
         )
@@ -283,30 +274,10 @@ def _draw_auxiliaries(graph: Any, pic: Picture) -> None:
             color=INK,
             linespacing=1.15,
         )
-        graph.add_patch(
-            FancyArrowPatch(
-                (BOX_X1, last + 0.5),
-                (AUX_X0, last + 0.5),
-                arrowstyle="-|>",
-                mutation_scale=7,
-                color=tint,
-                lw=0.9,
-            )
-        )
+        _arrow(graph, (BOX_X1, last + 0.5), (AUX_X0, last + 0.5), tint, lw=0.9)
         for source in block.aux.sources if block.aux else ():
             start, end = (BOX_X1, source + 0.62), (AUX_X0 + 0.5, last + 0.95)
-            graph.add_patch(
-                FancyArrowPatch(
-                    start,
-                    end,
-                    connectionstyle="arc3,rad=0.15",
-                    arrowstyle="-|>",
-                    mutation_scale=6,
-                    color=tint,
-                    lw=0.8,
-                    linestyle="--",
-                )
-            )
+            _arrow(graph, start, end, tint, connectionstyle="arc3,rad=0.15", lw=0.8, linestyle="--")
             graph.text(
                 (start[0] + end[0]) / 2 + 0.25,
                 (start[1] + end[1]) / 2 + 0.1,
