@@ -249,6 +249,12 @@ def render_verification(report: dict[str, Any], console: Console) -> None:
             f"whole model with root `{report['root']}` split == original (eval): "
             f"{yes[report['model_output_equal_eval']]}"
         )
+    lines += [
+        f"block {b['index']}'s local loss trains blocks {b['index'] - b['window'] + 1}.."
+        f"{b['index']} (its declared window)"
+        for b in report["blocks"]
+        if b["window"] > 1
+    ]
     lines += [f"not trained by any block: {n}" for n in report["untrained"]]
     lines += [f"trained by more than one block: {n}" for n in report["multiply_trained"]]
     lines.append("all checks passed" if report["ok"] else "verification FAILED")

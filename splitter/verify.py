@@ -12,6 +12,7 @@ import torch.fx as fx
 from torch import nn
 from torch.utils import _pytree as pytree
 
+from schemas.auxiliary import MlaanAux
 from splitter.cuts import CutPoint
 from splitter.surgery import Block, Surgery, swapped
 
@@ -34,6 +35,8 @@ class BlockCheck:
     isolated: bool
     input_grad_free: bool
     trained: int
+    window: int = 1
+    """Blocks its local loss trains, this one and the ones before it (MLAAN's cascade)."""
     problems: tuple[str, ...] = ()
 
     @property
@@ -73,10 +76,17 @@ def verify(
     *,
     whole: tuple[nn.Module, str, torch.Tensor] | None = None,
     seed: int = 0,
+    windows: Sequence[int] = (),
 ) -> Verification:
     """Check (a) equivalence in eval and train mode, (b) isolation of every block's local
-    backward, (c) that every trainable parameter is trained by exactly one block.
-    `whole` is (model, root FQN, model input) when only a submodule is split."""
+    backward, (c) that every trainable parameter is trained by exactly one block's own loss.
+    `whole` is (model, root FQN, model input) when only a submodule is split. `windows[k]`
+    (default 1) is how many blocks block k's local loss declares it trains: MLAAN's cascaded
+    loss runs blocks k-w+1..k again from the detached input of block k-w+1, so isolation then
+    means nothing outside that window, and not that window's input, gets a gradient."""
+    spans = [
+        max(0, k - (windows[k] if k < len(windows) else 1) + 1) for k in range(len(surgery.blocks))
+    ]
     with _restored(target):
         eval_outs, eval_ref, eager_eval = _run_both(
             target, graphs["eval"], cuts, surgery, x, "eval", seed
@@ -84,7 +94,7 @@ def verify(
         train_outs, train_ref, eager_train = _run_both(
             target, graphs["train"], cuts, surgery, x, "train", seed
         )
-        grads = _local_backwards(surgery.blocks, x)
+        grads = _local_backwards(surgery.blocks, x, spans)
         whole_equal = _whole_model_equal(whole, surgery) if whole else None
     sync = {id(p) for p in _sync_params(surgery)}
     checks = [
@@ -95,11 +105,12 @@ def verify(
             train_outs[k],
             train_ref[k],
             grads[k],
-            _others(surgery.blocks, k) - sync,
+            _outside(surgery.blocks, spans[k], k) - sync,
+            k - spans[k] + 1,
         )
         for k, b in enumerate(surgery.blocks)
     ]
-    untrained, multiple = _coverage(target, surgery.blocks, grads, sync)
+    untrained, multiple = _coverage(target, surgery.blocks, grads, sync, spans)
     return Verification(
         blocks=checks,
         output_equal_eval=tree_equal(eval_outs[-1], eager_eval),
@@ -159,9 +170,12 @@ def _run_both(
     return outs, reference, eager
 
 
-def _local_backwards(blocks: Sequence[Block], x: torch.Tensor) -> list[dict[int, bool]]:
-    """For each block, in the trainer's protocol (input detached), which parameters of every
-    block got a gradient from its local loss, and whether the previous block's output did."""
+def _local_backwards(
+    blocks: Sequence[Block], x: torch.Tensor, spans: Sequence[int]
+) -> list[dict[int, bool]]:
+    """For each block k, in the trainer's protocol (blocks spans[k]..k run from the detached
+    input of block spans[k]), which parameters of every block got a gradient from its local
+    loss, and whether the output before the window did."""
     params = [p for b in blocks for p in b.parameters()]
     for block in blocks:
         block.train()
@@ -175,12 +189,15 @@ def _local_backwards(blocks: Sequence[Block], x: torch.Tensor) -> list[dict[int,
     for k, block in enumerate(blocks):
         for p in params:
             p.grad = None
-        inp = x if k == 0 else attached[k - 1].detach()
-        loss = _surrogate_loss(block(inp))
+        first = spans[k]
+        h = x if first == 0 else attached[first - 1].detach()
+        for earlier in blocks[first:k]:
+            h = earlier(h)
+        loss = _surrogate_loss(block(h))
         if loss.requires_grad:  # a block without parameters has nothing to train
             torch.autograd.backward(loss)
         got = {id(p): p.grad is not None for p in params}
-        got[-1] = k > 0 and attached[k - 1].grad is not None
+        got[-1] = first > 0 and attached[first - 1].grad is not None
         results.append(got)
     for p in params:
         p.grad = None
@@ -202,8 +219,9 @@ def _block_check(
     train_ref: Any,
     grads: dict[int, bool],
     others: set[int],
+    window: int,
 ) -> BlockCheck:
-    """`others`: parameters of other blocks (not synced) that this block must not reach."""
+    """`others`: parameters (not synced) that this block's local loss must not reach."""
     leaked = [pid for pid in others if grads.get(pid)]
     trained = sum(1 for p in block.parameters() if grads.get(id(p)))
     check = BlockCheck(
@@ -216,12 +234,14 @@ def _block_check(
         isolated=not leaked,
         input_grad_free=not grads.get(-1, False),
         trained=trained,
+        window=window,
     )
     return _with_problems(check, len(leaked))
 
 
-def _others(blocks: Sequence[Block], index: int) -> set[int]:
-    return {id(p) for b in blocks if b.index != index for p in b.parameters()}
+def _outside(blocks: Sequence[Block], first: int, last: int) -> set[int]:
+    """Parameters of the blocks outside first..last."""
+    return {id(p) for k, b in enumerate(blocks) if not first <= k <= last for p in b.parameters()}
 
 
 def _with_problems(check: BlockCheck, leaked: int) -> BlockCheck:
@@ -231,15 +251,24 @@ def _with_problems(check: BlockCheck, leaked: int) -> BlockCheck:
     if check.train_rel_diff > TRAIN_RTOL:
         problems.append(f"train-mode output differs by {check.train_rel_diff:.2e} (relative)")
     if not check.isolated:
-        problems.append(f"its local backward reached {leaked} parameters of other blocks")
+        where = (
+            "other blocks" if check.window == 1 else f"blocks outside its window of {check.window}"
+        )
+        problems.append(f"its local backward reached {leaked} parameters of {where}")
     if not check.input_grad_free:
-        problems.append("its local backward reached the previous block's output")
+        problems.append("its local backward reached the output it takes as input")
     return BlockCheck(**{**check.__dict__, "problems": tuple(problems)})
 
 
 def _coverage(
-    target: nn.Module, blocks: Sequence[Block], grads: list[dict[int, bool]], sync: set[int]
+    target: nn.Module,
+    blocks: Sequence[Block],
+    grads: list[dict[int, bool]],
+    sync: set[int],
+    spans: Sequence[int],
 ) -> tuple[list[str], list[str]]:
+    """Parameters no block's own loss trains, and those more than one loss reaches beyond a
+    declared window (a block's parameters also trained by a later block's cascade are fine)."""
     names = {id(p): n for n, p in target.named_parameters()}
     untrained, multiple = [], []
     for k, block in enumerate(blocks):
@@ -247,7 +276,7 @@ def _coverage(
             if not p.requires_grad:
                 continue
             label = names.get(id(p), f"{name} (block {k}'s copy)")
-            count = sum(1 for g in grads if g.get(id(p)))
+            count = sum(1 for j, g in enumerate(grads) if g.get(id(p)) and not spans[j] <= k < j)
             if count == 0:
                 untrained.append(label)
             elif count > 1 and id(p) not in sync:
@@ -307,4 +336,24 @@ def verify_plan(plan: Plan, batch_size: int = 2, seed: int = 0) -> Verification:
     if analysis.root:
         whole = (analysis.model.module, analysis.root, analysis.model.input.batch(batch_size))
     graphs = {"train": analysis.traced.graph("train"), "eval": analysis.traced.graph("eval")}
-    return verify(analysis.target, graphs, plan.cuts, plan.surgery, x, whole=whole, seed=seed)
+    return verify(
+        analysis.target,
+        graphs,
+        plan.cuts,
+        plan.surgery,
+        x,
+        whole=whole,
+        seed=seed,
+        windows=declared_windows(plan),
+    )
+
+
+def declared_windows(plan: Plan) -> list[int]:
+    """How many blocks each block's local loss trains: MLAAN's `window` (capped at the blocks
+    that exist before it), else 1; the last block trains on the task loss alone."""
+    aux = plan.spec.spec.aux
+    windows = []
+    for k in range(len(plan.cuts)):
+        config = aux.blocks.get(k, aux.default)
+        windows.append(min(config.window, k + 1) if isinstance(config, MlaanAux) else 1)
+    return [*windows, 1]

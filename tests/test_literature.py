@@ -14,6 +14,8 @@ from splitter.compiler import compile_package
 from splitter.errors import SplitterError
 from splitter.modelref import ModelOptions
 from splitter.package import load_package
+from splitter.plan import load_plan
+from splitter.verify import verify_plan
 from tests.conftest import EXAMPLES
 
 RESNET = str(EXAMPLES / "resnet_cifar" / "model.py")
@@ -176,6 +178,16 @@ def test_mlaan_cascade_reaches_exactly_its_window(mlaan: ModuleType) -> None:
         changed = {owners[i][0] for i in owners if not _same(before[i], after[i])}
         window = {f"block {b}" for b in range(max(0, k - 1), k + 1)}
         assert changed == window | {f"aux {k}"}, k
+
+
+def test_verify_knows_the_mlaan_window(mlaan: ModuleType, tmp_path: Path) -> None:
+    """`verify` runs each block's local loss over the window the emitted auxiliary trains."""
+    plan = load_plan(RESNET, str(tmp_path / "spec.yaml"), ModelOptions())
+    result = verify_plan(plan)
+    assert result.ok, result
+    step, _, _ = _step(mlaan)
+    emitted = [a.window for a in step.parts.auxiliaries]
+    assert [b.window for b in result.blocks] == [*emitted, 1] == [1, 2, 2, 1]
 
 
 def test_mlaan_ema_updates_by_the_formula(mlaan: ModuleType) -> None:

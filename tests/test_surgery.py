@@ -146,3 +146,28 @@ def test_blocks_follow_dtype_and_device_moves() -> None:
     x = torch.rand(2, 3, 32, 32, dtype=torch.float64)
     with torch.no_grad():
         assert torch.equal(chain(x), analysis.target.double().eval()(x))
+
+
+def test_verify_follows_a_declared_window(cifar: Analysis) -> None:
+    """MLAAN's cascaded loss trains blocks k-w+1..k: inside the window is declared, a
+    gradient beyond it is still a leak, and coverage counts each block's own loss."""
+    cuts = cuts_of(cifar, "layer1.2", "layer2.1", "layer3.0")
+    graphs = {m: cifar.traced.graph(m) for m in ("train", "eval")}
+    x = cifar.target_input.batch(4)
+    result = verify(cifar.target, graphs, cuts, split(cifar.traced, cuts), x, windows=(1, 2, 2))
+    assert result.ok, result
+    assert [b.window for b in result.blocks] == [1, 2, 2, 1]
+    assert result.untrained == [] and result.multiply_trained == []
+
+
+def test_verify_catches_a_leak_beyond_the_window(tied: Analysis) -> None:
+    cuts = cuts_of(tied, "tanh", "body")
+    surgery = split(tied.traced, cuts, "sync")
+    surgery.shared.clear()  # embed.weight: block 0's, silently used by block 2
+    graphs = {m: tied.traced.graph(m) for m in ("train", "eval")}
+    x = tied.target_input.batch(4)
+    beyond = verify(tied.target, graphs, cuts, surgery, x, windows=(1, 1, 2))
+    assert not beyond.blocks[2].isolated
+    assert "outside its window of 2" in beyond.blocks[2].problems[0]
+    within = verify(tied.target, graphs, cuts, surgery, x, windows=(1, 1, 3))
+    assert within.blocks[2].isolated and within.blocks[2].window == 3
