@@ -279,23 +279,36 @@ def _by_parent(
     root: nn.Module, spans: dict[str, tuple[int, int]], rows: list[Row]
 ) -> list[list[int]]:
     """Consecutive rows of one block that together make up the module all of them are
-    directly in (not a container, not the root): a transformer layer's attention and MLP."""
+    directly in (not a container, not the root): a transformer layer's attention and MLP.
+    The module may begin with parameter-free operations that the row before holds."""
     inner = [next(iter(_parents(root, r.modules)), None) for r in rows]
     groups: list[list[int]] = []
     i = 0
     while i < len(rows):
         group, parent = [i], inner[i]
-        if parent is not None and spans[parent][0] > rows[i].lo:
+        if parent is not None and _starts_at(parent, spans, rows, i):
             j = i
             while (
                 j + 1 < len(rows) and inner[j + 1] == parent and rows[j + 1].block == rows[i].block
             ):
                 j += 1
-            if rows[j].hi == spans[parent][1]:
+            if j > i and rows[j].lo < spans[parent][1] <= rows[j].hi:
                 group = list(range(i, j + 1))
         groups.append(group)
         i = group[-1] + 1
     return groups
+
+
+def _starts_at(parent: str, spans: dict[str, tuple[int, int]], rows: list[Row], i: int) -> bool:
+    """Whether `parent` begins in row i, or in the row before with none of its modules there."""
+    if spans[parent][0] > rows[i].lo:
+        return True
+    before = rows[i - 1] if i else None
+    return (
+        before is not None
+        and spans[parent][0] > before.lo
+        and not any(m == parent or m.startswith(parent + ".") for m in before.modules)
+    )
 
 
 def _parents(root: nn.Module, modules: tuple[str, ...]) -> list[str]:
