@@ -148,8 +148,11 @@ class CostModel:
             end = self.first_unit_end(j)
             unit_params = self._sum("param_bytes", j, end)
             head = self._head_cost(config.head, self.shape(end), self.layout(config.head, end))
+            # Both copies run on the block's output with gradients to it: each saves the unit's
+            # activations (the frozen copy's weights get no gradient, but autograd saves the
+            # same tensors for the gradient to the input).
             return AuxCost(
-                saved_bytes=self._sum("saved_bytes", j, end) + head.saved_bytes,
+                saved_bytes=2 * self._sum("saved_bytes", j, end) + head.saved_bytes,
                 param_bytes=2 * unit_params + head.param_bytes,
                 trainable_bytes=unit_params + head.trainable_bytes,
             )

@@ -156,7 +156,8 @@ def _result(model: CostModel, balance: Balance, bounds: Sequence[int]) -> Partit
 
 
 def _gib(n: int) -> str:
-    return f"{n / 2**30:,.2f} GiB"
+    """A size in GiB, or in MiB below one GiB."""
+    return f"{n / 2**30:,.2f} GiB" if n >= 2**30 else f"{n / 2**20:,.1f} MiB"
 
 
 def evaluate(analysis: Analysis, cuts: Sequence[CutPoint], settings: Settings) -> Partition:

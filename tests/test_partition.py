@@ -160,10 +160,10 @@ def test_partition_cli_stdout_is_the_spec(cli: CliRunner) -> None:
 
 
 def test_partition_json_fields(cli: CliRunner) -> None:
-    result = cli.invoke(app, ["partition", CIFAR, "--budget", "30MiB", "--format", "json"])
+    result = cli.invoke(app, ["partition", CIFAR, "--budget", "40MiB", "--format", "json"])
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report["local_peak_bytes"] <= 30 * 2**20
+    assert report["local_peak_bytes"] <= 40 * 2**20
     assert report["local_peak_bytes"] == report["fixed_bytes"] + max(
         b["variable_bytes"] for b in report["blocks"]
     )
