@@ -65,7 +65,25 @@ def test_package_trains_three_steps_without_splitter(
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 3 and len(metrics["block_losses"]) == 4
     assert metrics["peak_memory_method"] == "saved_tensor_bytes" and metrics["peak_memory_bytes"] > 0
+    assert metrics["peak_tensor_method"] == "live_tensor_bytes"
+    assert metrics["peak_rss_bytes"] > metrics["peak_tensor_bytes"] > metrics["peak_memory_bytes"]
+    assert "tensors" in done.stdout and "RSS" in done.stdout
     assert not list(packages[name].rglob("__pycache__"))
+
+
+def test_local_training_holds_fewer_live_tensors_than_e2e(train: ModuleType, tmp_path: Path) -> None:
+    """The tensor-level peak counts parameters, gradients, optimizer state and activations:
+    end to end it exceeds local training's, and each exceeds its saved-activation peak by at
+    least the parameters and their gradients."""
+    found = {}
+    for mode in ("e2e", "local"):
+        args = ["--mode", mode, "--data", "synthetic", "--steps", "2", "--batch-size", "32",
+                "--no-checkpoint", "--eval-batches", "1", "--out", str(tmp_path / mode)]
+        found[mode] = train.train(args)
+    params = sum(p.numel() * 4 for p in train.build(0).model.parameters())
+    for metrics in found.values():
+        assert metrics["peak_tensor_bytes"] >= metrics["peak_memory_bytes"] + 2 * params
+    assert found["local"]["peak_tensor_bytes"] < found["e2e"]["peak_tensor_bytes"]
 
 
 def one_step(train: ModuleType, batch_size: int = 8, scope: str = "block") -> Any:

@@ -121,6 +121,20 @@ def test_synthetic_float_images_are_normalised_uniform_noise() -> None:
     assert not same(list(data.test_batches(64)), list(other.test_batches(64)))
 
 
+def test_synthetic_images_are_made_per_batch_and_replay() -> None:
+    """An ImageNet-sized synthetic set holds its labels only; a sample is the same whichever
+    batch it lands in, and train and test samples differ."""
+    data = load_data("synthetic", (3, 224, 224), torch.float32, num_classes=1000)
+    held = [t for split in (data.train, data.test) for t in vars(split).values()
+            if isinstance(t, torch.Tensor)]
+    assert sum(t.numel() * t.element_size() for t in held) == (1024 + 256) * 8
+    x, y = next(data.train_batches(0, 4, seed=0))
+    order = torch.randperm(1024, generator=torch.Generator().manual_seed(0)).tolist()[:4]
+    [(again, labels)] = list(data.train.batches([order[::-1]], 0))
+    assert torch.equal(again, x.flip(0)) and torch.equal(labels, y.flip(0))
+    assert not torch.equal(next(data.test_batches(4))[0], data.train.batches([[0, 1, 2, 3]], 0).__next__()[0])
+
+
 def test_synthetic_token_ids_are_valid_in_any_vocabulary() -> None:
     data = load_data("synthetic", (128,), torch.int64)
     x, y = next(data.train_batches(0, 8, seed=0))

@@ -58,6 +58,32 @@ class Tensors:
             yield x, self.y[i]
 
 
+@dataclass
+class Generated:
+    """Random samples made on demand, each from its own seed: only the labels are held, so a
+    large input shape costs one batch of memory, not the whole set."""
+
+    y: torch.Tensor
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    seed: int
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def sample(self, index: int) -> torch.Tensor:
+        """Uniform values normalised to mean 0, std about 1.15, or token ids in {0, 1}."""
+        g = torch.Generator().manual_seed(self.seed + index)
+        if self.dtype.is_floating_point:
+            return (torch.rand(self.shape, generator=g) - 0.5) / 0.25
+        return torch.randint(0, 2, self.shape, generator=g)
+
+    def batches(self, order: list[list[int]], seed: int) -> Iterator[Batch]:
+        for batch in order:
+            x = torch.stack([self.sample(i) for i in batch]).to(self.dtype)
+            yield x, self.y[torch.tensor(batch, dtype=torch.int64)]
+
+
 class Seeded(Dataset[Sample]):
     """Seeds the RNG from (epoch seed, index) before each sample, so augmentations replay."""
 
@@ -110,8 +136,8 @@ class Data:
     num_classes: int
     mean: tuple[float, ...]  # per input channel; the model sees (image01 - mean) / std
     std: tuple[float, ...]
-    train: Tensors | Images
-    test: Tensors | Images
+    train: Tensors | Generated | Images
+    test: Tensors | Generated | Images
 
     def steps_per_epoch(self, batch_size: int) -> int:
         """Batches per epoch: the last partial one is dropped, unless it is the only one."""
@@ -183,25 +209,19 @@ def load_data(
 
 
 def _synthetic(shape: tuple[int, ...], dtype: torch.dtype, num_classes: int, seed: int) -> Data:
-    """Random inputs and labels: uniform images, or token ids in {0, 1} for integer inputs."""
+    """Random inputs and labels: uniform images, or token ids in {0, 1} for integer inputs;
+    1024 training and 256 test samples, made batch by batch."""
     if num_classes < 1:
         raise DataError(f"num_classes={num_classes}: `synthetic` needs at least 1 class")
     g = torch.Generator().manual_seed(seed)
-    train, test = (_random_split(n, shape, dtype, num_classes, g) for n in (1024, 256))
+    labels = [torch.randint(0, num_classes, (n,), generator=g) for n in (1024, 256)]
+    base = seed * 1_000_003 * 4
+    train, test = (
+        Generated(y, shape, dtype, base + 2 * 1_000_003 * i) for i, y in enumerate(labels)
+    )
     c = shape[0] if len(shape) >= 2 else 1
     mean, std = ((0.5,) * c, (0.25,) * c) if dtype.is_floating_point else ((0.0,), (1.0,))
     return Data("synthetic", num_classes, mean, std, train, test)
-
-
-def _random_split(
-    n: int, shape: tuple[int, ...], dtype: torch.dtype, num_classes: int, g: torch.Generator
-) -> Tensors:
-    if dtype.is_floating_point:
-        x = (torch.rand(n, *shape, generator=g) - 0.5) / 0.25
-    else:
-        x = torch.randint(0, 2, (n, *shape), generator=g)
-    y = torch.randint(0, num_classes, (n,), generator=g)
-    return Tensors(x, y, shape, dtype)
 
 
 def _digits(shape: tuple[int, ...], dtype: torch.dtype) -> Data:

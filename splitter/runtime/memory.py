@@ -1,11 +1,25 @@
-"""The peak memory of training: the CUDA allocator's, or the bytes autograd saves on CPU."""
+"""The peak memory of training: the CUDA allocator's, or on CPU the bytes autograd saves, the
+bytes of live tensors, and the resident memory; and the allocator setting that makes resident
+memory follow the tensors on Linux."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import ctypes
+import re
+import sys
+import weakref
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 import torch
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.weak import WeakIdKeyDictionary
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
+MMAP_THRESHOLD_BYTES = 1 << 20
 
 
 class PeakMemory:
@@ -46,3 +60,112 @@ class PeakMemory:
 
     def peak(self, device: torch.device) -> int:
         return torch.cuda.max_memory_allocated(device) if self.cuda else self.peak_bytes
+
+
+class Usage:
+    """Every memory figure of a run: autograd's saved bytes (`PeakMemory`), the tensor-level
+    peak (CUDA: the allocator's; CPU: `LiveTensors`, unless `live` is off, e.g. under
+    torch.compile) and the resident-memory peak of the process."""
+
+    def __init__(
+        self, device: torch.device, tracked: Sequence[torch.Tensor], live: bool = True
+    ) -> None:
+        self.device = device
+        self.saved = PeakMemory(device, tracked)
+        self.live = LiveTensors() if live and device.type == "cpu" else None
+        if self.live is not None:
+            self.live.track(tracked)
+
+    @contextmanager
+    def step(self, *inputs: torch.Tensor) -> Iterator[None]:
+        """Count the live tensors of one training step (the batch included)."""
+        if self.live is None:
+            yield
+            return
+        with self.live:
+            self.live.track(inputs)
+            yield
+
+    def figures(self) -> dict[str, Any]:
+        """The metrics.json fields."""
+        cuda = self.device.type == "cuda"
+        tensor_peak = (
+            torch.cuda.max_memory_allocated(self.device)
+            if cuda
+            else (self.live.peak_bytes if self.live else None)
+        )
+        method = (
+            "cuda_max_memory_allocated" if cuda else ("live_tensor_bytes" if self.live else None)
+        )
+        return {
+            "peak_memory_bytes": self.saved.peak(self.device),
+            "peak_memory_method": self.saved.method,
+            "peak_tensor_bytes": tensor_peak,
+            "peak_tensor_method": method,
+            "peak_rss_bytes": peak_rss_bytes(),
+        }
+
+
+class LiveTensors(TorchDispatchMode):  # type: ignore[no-untyped-call]
+    """Bytes of live tensor storages (CPU): every storage an operator returns while the mode
+    is active, and those `track` is given, counted until Python frees it. Parameters,
+    gradients, optimizer state, activations and temporaries all count; `peak_bytes` is the
+    most live at once. The counts persist across activations of the mode."""
+
+    def __init__(self) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.seen: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        self.live = self.peak_bytes = 0
+
+    def track(self, tensors: Iterable[torch.Tensor]) -> None:
+        for t in tensors:
+            self._add(t)
+
+    def _add(self, t: torch.Tensor) -> None:
+        if t.device.type != "cpu":
+            return
+        storage = t.untyped_storage()
+        if storage in self.seen:
+            return
+        size = storage.nbytes()
+        self.seen[storage] = size
+        weakref.finalize(storage, self._free, size)
+        self.live += size
+        self.peak_bytes = max(self.peak_bytes, self.live)
+
+    def _free(self, size: int) -> None:
+        self.live -= size
+
+    def __torch_dispatch__(  # type: ignore[no-untyped-def]
+        self, func, types, args=(), kwargs=None
+    ):
+        out = func(*args, **(kwargs or {}))
+        for t in pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self._add(t)
+        return out
+
+
+def peak_rss_bytes() -> int | None:
+    """The process's peak resident memory (Linux `VmHWM`), or None where it is unknown."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    found = re.search(r"^VmHWM:\s+(\d+) kB", status, flags=re.M)
+    return int(found.group(1)) * 1024 if found else None
+
+
+def return_freed_memory() -> bool:
+    """Have glibc give freed tensor memory back to the system at once. glibc serves large
+    blocks with mmap only until the first one is freed, then raises its threshold and keeps
+    freed blocks in the heap for reuse: resident memory stays at the largest block's peak
+    plus what the heap fragments hold. A fixed threshold (1 MiB) keeps every large tensor
+    in its own mapping, returned when freed. Returns whether the setting took (Linux, glibc)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+    except (OSError, AttributeError):  # musl and others: no mallopt
+        return False

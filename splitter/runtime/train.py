@@ -39,7 +39,7 @@ import checkpoint
 import data
 import model as model_file
 import optim
-from memory import PeakMemory
+from memory import Usage, return_freed_memory
 
 HERE = Path(__file__).resolve().parent
 LOCK = yaml.safe_load((HERE / "spec.lock.yaml").read_text())
@@ -71,6 +71,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--no-checkpoint", action="store_true", help="write no checkpoint.pt")
     p.add_argument("--eval-batches", type=int, default=None, help="evaluate on this many batches")
     p.add_argument("--log-every", type=int, default=10, help="steps between progress lines")
+    p.add_argument(
+        "--glibc-default",
+        action="store_true",
+        help="keep glibc's malloc settings: freed tensor memory stays in the process",
+    )
     return p.parse_args(argv)
 
 
@@ -147,7 +152,7 @@ class Step:
     parts: Parts
     optimizers: list[torch.optim.Optimizer]
     scaler: torch.amp.GradScaler
-    memory: PeakMemory
+    memory: Usage
     autocast: Any
     dataset: data.Data
     losses: list[list[float]] = field(default_factory=list)
@@ -160,7 +165,7 @@ def local_step(s: Step, x: torch.Tensor, y: torch.Tensor) -> list[tuple[torch.Te
     stats: list[tuple[torch.Tensor, ...]] = []
     last = len(s.parts.blocks) - 1
     for k, block in enumerate(s.parts.blocks):
-        with s.memory.watch(), s.autocast():
+        with s.memory.saved.watch(), s.autocast():
             out = block(inputs[-1])
             if k < last:
                 loss, logits = s.parts.auxiliaries[k](out, y, image, inputs)
@@ -168,7 +173,7 @@ def local_step(s: Step, x: torch.Tensor, y: torch.Tensor) -> list[tuple[torch.Te
                 logits = select_output(out)
                 loss = F.cross_entropy(logits, y)
         s.scaler.scale(loss).backward()
-        s.memory.release()
+        s.memory.saved.release()
         if k < last:
             s.parts.auxiliaries[k].after_backward()  # type: ignore[operator]
             inputs = (
@@ -187,11 +192,11 @@ def local_step(s: Step, x: torch.Tensor, y: torch.Tensor) -> list[tuple[torch.Te
 
 def e2e_step(s: Step, x: torch.Tensor, y: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
     """The unsplit model on the task loss, one backward through everything."""
-    with s.memory.watch(), s.autocast():
+    with s.memory.saved.watch(), s.autocast():
         logits = select_output(s.parts.model(x))
         loss = F.cross_entropy(logits, y)
     s.scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
-    s.memory.release()
+    s.memory.saved.release()
     step_optimizer(s, s.optimizers[0])
     s.scaler.update()
     return [(loss.detach(), accuracy(logits, y))]
@@ -266,6 +271,8 @@ def load_dataset(args: argparse.Namespace, num_classes: int) -> data.Data:
 
 
 def prepare(args: argparse.Namespace) -> tuple[Step, torch.device]:
+    if not args.glibc_default:
+        return_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
@@ -282,8 +289,10 @@ def prepare(args: argparse.Namespace) -> tuple[Step, torch.device]:
         return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
     optimizers = make_optimizers(parts, args.mode)
-    params = [p for m in (parts.model, parts.auxiliaries) for p in m.parameters()]
-    step = Step(parts, optimizers, scaler, PeakMemory(device, params), autocast, dataset)
+    trained = [parts.model] if args.mode == "e2e" else [parts.model, parts.auxiliaries]
+    tensors = [t for m in trained for t in itertools.chain(m.parameters(), m.buffers())]
+    usage = Usage(device, tensors, live=not args.compile)
+    step = Step(parts, optimizers, scaler, usage, autocast, dataset)
     if args.compile:
         parts.blocks = nn.ModuleList([torch.compile(b) for b in parts.blocks])  # type: ignore[misc]
     return step, device
@@ -324,7 +333,9 @@ def train(argv: Sequence[str] | None = None) -> dict[str, Any]:
         for group in (g for optimizer in s.optimizers for g in optimizer.param_groups):
             group["lr"] = lr
         began = time.perf_counter()
-        stats = run_step(s, x.to(device, non_blocking=True), y.to(device, non_blocking=True))
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with s.memory.step(x, y):
+            stats = run_step(s, x, y)
         times.append(time.perf_counter() - began)
         if (step + 1) % args.log_every == 0 or step + 1 == total:
             progress(step + 1, total, stats)
@@ -339,8 +350,9 @@ def train(argv: Sequence[str] | None = None) -> dict[str, Any]:
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     if args.export:
         torch.save(s.parts.model.state_dict(), args.export)
-    peak = f"{metrics['peak_memory_bytes'] / 2**20:.1f} MiB ({s.memory.method})"
-    print(f"test accuracy {metrics['test_accuracy']}; peak memory {peak}; {out / 'metrics.json'}")
+    print(
+        f"test accuracy {metrics['test_accuracy']}; {memory_line(metrics)}; {out / 'metrics.json'}"
+    )
     return metrics
 
 
@@ -366,10 +378,23 @@ def report(
         "block_accuracy": [float(acc) for _, acc in stats],
         "test_accuracy": evaluations[-1]["test_accuracy"] if evaluations else None,
         "evaluations": evaluations,
-        "peak_memory_bytes": s.memory.peak(device),
-        "peak_memory_method": s.memory.method,
+        **s.memory.figures(),
         "step_time_s": statistics.median(times) if times else None,
     }
+
+
+def memory_line(metrics: dict[str, Any]) -> str:
+    """`peak memory 303.6 MiB (saved_tensor_bytes), tensors 350.2 MiB, RSS 1,203.5 MiB`."""
+    saved, method = metrics["peak_memory_bytes"] / 2**20, metrics["peak_memory_method"]
+    line = f"peak memory {saved:,.1f} MiB ({method})"
+    if (
+        metrics["peak_tensor_bytes"] is not None
+        and metrics["peak_tensor_method"] != metrics["peak_memory_method"]
+    ):
+        line += f", tensors {metrics['peak_tensor_bytes'] / 2**20:,.1f} MiB"
+    if metrics["peak_rss_bytes"] is not None:
+        line += f", RSS {metrics['peak_rss_bytes'] / 2**20:,.1f} MiB"
+    return line
 
 
 def saving(args: argparse.Namespace, step: int, per_epoch: int, total: int) -> bool:
