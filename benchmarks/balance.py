@@ -4,7 +4,8 @@ For each model (224x224, batch 32, fp32, K = 4, momentum auxiliaries, SGD): the 
 variable bytes (saved activations of the block and its auxiliary, and their gradients) when the
 cuts balance `memory` (splitter's default), `units` (equal unit counts, as DGL does) or `params`
 (as DeepSpeed's `parameters` method does), and the largest over the mean for `memory`. Then the
-time the partitioner adds to tracing and annotation.
+bundled CIFAR ResNet-32 (batch 128, as the InfoPro paper trains it) against that paper's
+hand-written K = 4 and K = 8 cuts, and the time the partitioner adds to tracing and annotation.
 
     python benchmarks/balance.py            # full
     python benchmarks/balance.py --quick    # two models
@@ -14,15 +15,19 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
+
+from digits_accuracy import CUTS
 
 from splitter import ModelOptions, analyze
-from splitter.partitioner import partition_blocks, settings_from
+from splitter.partitioner import evaluate, partition_blocks, settings_from
 
+RESNET32 = Path(__file__).resolve().parent.parent / "examples" / "resnet_cifar" / "model.py"
 MODELS = ["resnet50", "resnet101", "resnet152", "vit_b_16", "densenet121", "efficientnet_b0"]
 
 
 def mib(n: float) -> str:
-    return f"{n / 2**20:,.0f}"
+    return f"{n / 2**20:,.0f}" if n >= 2**24 else f"{n / 2**20:,.1f}"
 
 
 def balance_table(models: list[str], blocks: int) -> None:
@@ -48,6 +53,29 @@ def balance_table(models: list[str], blocks: int) -> None:
         )
 
 
+def hand_split_table(batch: int = 128) -> None:
+    """The bundled CIFAR ResNet-32 against the InfoPro paper's hand-written K = 4 and 8 cuts."""
+    analysis = analyze(str(RESNET32), ModelOptions(batch_size=batch))
+    settings = settings_from(None, None, None)
+    print(
+        f"\n| ResNet-32 (32x32, batch {batch}) | memory: largest MiB (/ mean) | units | params | "
+        "InfoPro's hand split |"
+    )
+    print("|---|---|---|---|---|")
+    for blocks, names in CUTS.items():
+        found = {
+            b: partition_blocks(analysis, blocks, settings, b)
+            for b in ("memory", "units", "params")
+        }
+        cuts = [analysis.cuts.find(n) for n in names]
+        found["hand"] = evaluate(analysis, [c for c in cuts if c is not None], settings)
+        cells = []
+        for part in found.values():
+            variable = [x.variable_bytes for x in part.blocks]
+            cells.append(f"{mib(max(variable))} ({max(variable) / (sum(variable) / blocks):.2f})")
+        print(f"| K = {blocks} | {' | '.join(cells)} |")
+
+
 def timing_table(name: str, blocks: int, repeats: int) -> None:
     print(f"\n| {name}, batch 32 | seconds (best of {repeats}) |")
     print("|---|---|")
@@ -68,6 +96,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="two models, one repeat")
     args = parser.parse_args()
     balance_table(MODELS[:2] if args.quick else MODELS, 4)
+    hand_split_table()
     timing_table("resnet152", 16, 1 if args.quick else 3)
 
 
