@@ -3,12 +3,12 @@ estimates against measured figures; every run is a fresh process running the emi
 `train.py` as a user would (`python train.py ...`).
 
     python benchmarks/memory.py                   # both tables below
-    python benchmarks/memory.py --table local-vs-e2e --glibc-default
+    python benchmarks/memory.py --table local-vs-e2e --malloc mmap default
     python benchmarks/memory.py --table estimate
     python benchmarks/memory.py --quick           # resnet18 112x112 batch 16, K = 2 4; two models
 
-local-vs-e2e: resnet101, 224x224, batch 32, K = 2, 4, 8, 16 (`--glibc-default` adds the runs
-without train.py's allocator setting).
+local-vs-e2e: resnet101, 224x224, batch 32, K = 2, 4, 8, 16 (`--malloc mmap default` adds runs
+with train.py's other allocator settings; its default is `trim`).
 For each K the model is compiled with `auto: {blocks: K, balance: memory}` and `linear`
 auxiliaries (SGD with momentum), and trained `--steps` steps on synthetic data; e2e runs the
 same package with `--mode e2e`. Reported per run (train.py's metrics.json): the tensor-level
@@ -125,9 +125,7 @@ def estimate_table(models: list[tuple[str, int, int, dict[str, int]]], steps: in
 
 def local_vs_e2e_table(args: argparse.Namespace) -> None:
     idle = idle_baseline()
-    variants = [("", [])] + (
-        [(" (glibc default)", ["--glibc-default"])] if args.glibc_default else []
-    )
+    variants = [("", [])] + [(f" (--malloc {m})", ["--malloc", m]) for m in args.malloc]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         packages = {
@@ -169,7 +167,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--blocks", type=int, nargs="+", default=[2, 4, 8, 16])
     parser.add_argument("--steps", type=int, default=2)
-    parser.add_argument("--glibc-default", action="store_true", help="also run without mallopt")
+    parser.add_argument(
+        "--malloc", nargs="*", default=[], choices=["mmap", "default"], help="also run with these"
+    )
     parser.add_argument("--quick", action="store_true", help="resnet18 112x112 batch 16; K 2 4")
     args = parser.parse_args()
     estimated = ESTIMATED

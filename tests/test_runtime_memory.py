@@ -69,19 +69,20 @@ FRAGMENT = textwrap.dedent(
     import re, sys
     import torch
     sys.path.insert(0, {runtime!r})
-    from memory import return_freed_memory
+    from memory import Allocator
 
     def rss():
         status = open("/proc/self/status").read()
         return int(re.search(r"VmRSS:\\s+(\\d+) kB", status).group(1)) * 1024
 
-    if sys.argv[1] == "set":
-        assert return_freed_memory()
+    allocator = Allocator(sys.argv[1])
+    assert allocator.mode == sys.argv[1]
     big = torch.ones(8 * 2**20 // 4)  # glibc: freeing an mmapped 8 MiB block raises the
     del big                            # threshold, so later blocks come from the heap
     before = rss()
     blocks = [torch.ones(4 * 2**20 // 4) for _ in range(64)]  # 256 MiB
-    del blocks[:-1]  # the last keeps the heap's top in use: nothing can be trimmed
+    del blocks[:-1]  # the last keeps the heap's top in use: glibc cannot shrink the heap
+    allocator.release()
     print(rss() - before)
     """
 )
@@ -94,7 +95,7 @@ def test_freed_tensor_memory_goes_back_to_the_system() -> None:
     code = FRAGMENT.format(runtime=str(memory.__file__).rsplit("/", 1)[0])
     kept = {
         mode: int(subprocess.check_output([sys.executable, "-c", code, mode]))
-        for mode in ("default", "set")
+        for mode in ("default", "trim", "mmap")
     }
     assert kept["default"] > 200 * MIB  # glibc's default keeps what was freed
-    assert kept["set"] < 16 * MIB
+    assert kept["trim"] < 16 * MIB and kept["mmap"] < 16 * MIB

@@ -156,16 +156,38 @@ def peak_rss_bytes() -> int | None:
     return int(found.group(1)) * 1024 if found else None
 
 
-def return_freed_memory() -> bool:
-    """Have glibc give freed tensor memory back to the system at once. glibc serves large
-    blocks with mmap only until the first one is freed, then raises its threshold and keeps
-    freed blocks in the heap for reuse: resident memory stays at the largest block's peak
-    plus what the heap fragments hold. A fixed threshold (1 MiB) keeps every large tensor
-    in its own mapping, returned when freed. Returns whether the setting took (Linux, glibc)."""
+class Allocator:
+    """How the C allocator hands freed tensor memory back to the system (glibc, Linux).
+
+    glibc serves a large block with mmap only until the first such block is freed; then it
+    raises its threshold (up to 32 MiB) and serves later blocks from its heap, keeping what is
+    freed there for reuse. Resident memory then stays near the largest step's, whatever local
+    training frees between blocks. `trim` (the default) calls `malloc_trim(0)` after each
+    block's step, so the pages each block freed go back before the next block runs; `mmap`
+    fixes the threshold at 1 MiB so every large tensor has its own mapping, returned the moment
+    it is freed (the lowest resident memory, but every allocation faults its pages in again:
+    much slower on CPU); `default` leaves glibc as it is."""
+
+    CHOICES = ("trim", "mmap", "default")
+
+    def __init__(self, mode: str) -> None:
+        self.libc = _glibc()
+        self.mode = mode if self.libc is not None else "default"
+        if self.mode == "mmap" and self.libc is not None:
+            self.libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+
+    def release(self) -> None:
+        """A block's step is done: with `trim`, return the heap's free pages to the system."""
+        if self.mode == "trim" and self.libc is not None:
+            self.libc.malloc_trim(0)
+
+
+def _glibc() -> ctypes.CDLL | None:
     if not sys.platform.startswith("linux"):
-        return False
+        return None
     try:
         libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
-    except (OSError, AttributeError):  # musl and others: no mallopt
-        return False
+        libc.mallopt, libc.malloc_trim  # noqa: B018  # musl and others lack them
+    except (OSError, AttributeError):
+        return None
+    return libc

@@ -39,7 +39,7 @@ import checkpoint
 import data
 import model as model_file
 import optim
-from memory import Usage, return_freed_memory
+from memory import Allocator, Usage
 
 HERE = Path(__file__).resolve().parent
 LOCK = yaml.safe_load((HERE / "spec.lock.yaml").read_text())
@@ -72,9 +72,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--eval-batches", type=int, default=None, help="evaluate on this many batches")
     p.add_argument("--log-every", type=int, default=10, help="steps between progress lines")
     p.add_argument(
-        "--glibc-default",
-        action="store_true",
-        help="keep glibc's malloc settings: freed tensor memory stays in the process",
+        "--malloc",
+        choices=Allocator.CHOICES,
+        default="trim",
+        help="how freed memory goes back to the system (glibc): see memory.Allocator",
     )
     return p.parse_args(argv)
 
@@ -153,6 +154,7 @@ class Step:
     optimizers: list[torch.optim.Optimizer]
     scaler: torch.amp.GradScaler
     memory: Usage
+    allocator: Allocator
     autocast: Any
     dataset: data.Data
     losses: list[list[float]] = field(default_factory=list)
@@ -184,6 +186,7 @@ def local_step(s: Step, x: torch.Tensor, y: torch.Tensor) -> list[tuple[torch.Te
         if len(s.optimizers) > 1:
             step_optimizer(s, s.optimizers[k])
         stats.append((loss.detach(), accuracy(logits, y)))
+        s.allocator.release()  # what this block freed goes back before the next one runs
     if len(s.optimizers) == 1:
         step_optimizer(s, s.optimizers[0])
     s.scaler.update()
@@ -199,6 +202,7 @@ def e2e_step(s: Step, x: torch.Tensor, y: torch.Tensor) -> list[tuple[torch.Tens
     s.memory.saved.release()
     step_optimizer(s, s.optimizers[0])
     s.scaler.update()
+    s.allocator.release()
     return [(loss.detach(), accuracy(logits, y))]
 
 
@@ -271,8 +275,6 @@ def load_dataset(args: argparse.Namespace, num_classes: int) -> data.Data:
 
 
 def prepare(args: argparse.Namespace) -> tuple[Step, torch.device]:
-    if not args.glibc_default:
-        return_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
@@ -292,7 +294,7 @@ def prepare(args: argparse.Namespace) -> tuple[Step, torch.device]:
     trained = [parts.model] if args.mode == "e2e" else [parts.model, parts.auxiliaries]
     tensors = [t for m in trained for t in itertools.chain(m.parameters(), m.buffers())]
     usage = Usage(device, tensors, live=not args.compile)
-    step = Step(parts, optimizers, scaler, usage, autocast, dataset)
+    step = Step(parts, optimizers, scaler, usage, Allocator(args.malloc), autocast, dataset)
     if args.compile:
         parts.blocks = nn.ModuleList([torch.compile(b) for b in parts.blocks])  # type: ignore[misc]
     return step, device
