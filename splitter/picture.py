@@ -37,7 +37,8 @@ class Row:
     count: int
     """Alike units folded into this row (drawn as `x count`)."""
     units: int
-    """Units between legal cuts that the row holds."""
+    """Units between legal cuts that one element of the row holds (a folded row repeats it
+    `count` times); `skips` are per element too, the other sizes and counts are totals."""
     modules: tuple[str, ...]
     """The outermost modules wholly inside the (first) unit."""
     kind: str
@@ -107,11 +108,12 @@ def picture(analysis: Analysis, partition: Partition | None = None) -> Picture:
     cuts = partition.cuts if partition else []
     unit_list = units(gm, analysis.cuts.cuts, [c.name for c in cuts])
     ends = [c.index for c in cuts]
-    spans = _module_spans(gm)
+    graph = Graph(list(gm.graph.nodes), data_graph(gm.graph), _module_spans(gm))
     rows = []
     for unit in unit_list:
         lo, hi = _pos(analysis, gm, unit.start), _pos(analysis, gm, unit.end)
-        rows.append(_row(analysis, gm, spans, unit, lo, hi, sum(1 for e in ends if e < hi)))
+        rows.append(_row(analysis, graph, unit, lo, hi, sum(1 for e in ends if e < hi)))
+    spans = graph.spans
     blocks = _blocks(analysis, partition, rows) if partition else ()
     root = analysis.target
     merge = partial(_merged, root)
@@ -143,18 +145,19 @@ def _pos(analysis: Analysis, gm: fx.GraphModule, name: str) -> int:
     return cut.index
 
 
-def _row(
-    analysis: Analysis,
-    gm: fx.GraphModule,
-    spans: dict[str, tuple[int, int]],
-    unit: Unit,
-    lo: int,
-    hi: int,
-    block: int,
-) -> Row:
-    nodes = list(gm.graph.nodes)
+@dataclass(frozen=True)
+class Graph:
+    """The train graph's nodes in order, its data-flow DAG and each module's node span."""
+
+    nodes: list[fx.Node]
+    dag: nx.DiGraph
+    spans: dict[str, tuple[int, int]]
+
+
+def _row(analysis: Analysis, graph: Graph, unit: Unit, lo: int, hi: int, block: int) -> Row:
+    nodes = graph.nodes
     span = nodes[lo + 1 : hi + 1]
-    modules = _modules_within(analysis.target, spans, lo, hi)
+    modules = _modules_within(analysis.target, graph.spans, lo, hi)
     name = ", ".join(modules[:2]) + (", …" if len(modules) > 2 else "") if modules else unit.end
     kinds = sorted({type(analysis.target.get_submodule(m)).__name__ for m in modules})
     last = nodes[hi]
@@ -168,7 +171,7 @@ def _row(
         params=unit.params,
         saved_bytes=sum(node_cost(n).saved_bytes for n in span if "splitter" in n.meta),
         shape=node_cost(last).shape if "splitter" in last.meta else None,
-        skips=_skips(gm.graph, span),
+        skips=_skips(graph.dag, span),
         end_cut=None if unit.end == "output" else unit.end,
         inner_cuts=sum(1 for c in analysis.cuts.cuts if lo < c.index < hi),
         block=block,
@@ -202,9 +205,8 @@ def _modules_within(
     return weighted or outer
 
 
-def _skips(graph: fx.Graph, span: list[fx.Node]) -> tuple[str, ...]:
+def _skips(dag: nx.DiGraph, span: list[fx.Node]) -> tuple[str, ...]:
     """Additions and concatenations of two or more data paths inside the span."""
-    dag: nx.DiGraph = data_graph(graph)
     found = []
     for node in span:
         if node not in dag or dag.in_degree(node) < 2:
@@ -292,7 +294,12 @@ def _by_parent(
                 j + 1 < len(rows) and inner[j + 1] == parent and rows[j + 1].block == rows[i].block
             ):
                 j += 1
-            if j > i and rows[j].lo < spans[parent][1] <= rows[j].hi:
+            inside = all(
+                m == parent or m.startswith(parent + ".")
+                for r in rows[i : j + 1]
+                for m in r.modules
+            )
+            if j > i and inside and rows[j].lo < spans[parent][1] <= rows[j].hi:
                 group = list(range(i, j + 1))
         groups.append(group)
         i = group[-1] + 1

@@ -228,7 +228,8 @@ def _row_label(row: Row, most: int) -> str:
     """`first … last`, shortened to `layer3.1 … 17` when that is too long."""
     if row.count == 1 or len(row.label) <= most:
         return row.label
-    same = next((i for i, (a, b) in enumerate(zip(row.first, row.last, strict=False)) if a != b), 0)
+    pairs = enumerate(zip(row.first, row.last, strict=False))
+    same = next((i for i, (a, b) in pairs if a != b), min(len(row.first), len(row.last)))
     stem = row.first[:same].rstrip("0123456789")
     return f"{row.first} … {row.last[len(stem) :]}"
 
@@ -323,7 +324,8 @@ def _draw_block_memory(bars: Any, pic: Picture) -> None:
     bars.axvline(local, color=INK, lw=1.0, ls="--")
     saving = 1 - local / e2e if e2e else 0.0
     bars.set_title(
-        f"local peak {local:,.0f} vs e2e {e2e:,.0f} MiB ({saving:.0%} less)",
+        f"local peak {local:,.0f} vs e2e {e2e:,.0f} MiB "
+        f"({abs(saving):.0%} {'less' if saving >= 0 else 'more'})",
         fontsize=8,
         loc="left",
     )

@@ -187,8 +187,8 @@ def _local_backwards(
         attached.append(h)
     results = []
     for k, block in enumerate(blocks):
-        for p in params:
-            p.grad = None
+        for t in (*params, *attached):
+            t.grad = None
         first = spans[k]
         h = x if first == 0 else attached[first - 1].detach()
         for earlier in blocks[first:k]:

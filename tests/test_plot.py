@@ -169,3 +169,16 @@ def test_unknown_plot_format_is_refused_before_any_work(cli: CliRunner, tmp_path
     assert result.exit_code == 2
     assert "g.pdf" in result.stderr and ".svg, .png or .html" in result.stderr
     assert not (tmp_path / "g.pdf").exists()
+
+
+def test_long_folded_labels_shorten_to_a_range(cifar: Picture) -> None:
+    from dataclasses import replace
+
+    from splitter.plot import _row_label
+
+    run = replace(cifar.rows[0], first="encoder.layers.encoder_layer_1",
+                  last="encoder.layers.encoder_layer_11", count=11)
+    assert _row_label(run, 40) == "encoder.layers.encoder_layer_1 … 11"
+    run = replace(run, first="layer3.1", last="layer3.17", count=17)
+    assert _row_label(run, 40) == "layer3.1 … layer3.17"  # short enough as it is
+    assert _row_label(run, 10) == "layer3.1 … 17"

@@ -9,7 +9,7 @@ import re
 import sys
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -64,8 +64,13 @@ class PeakMemory:
 
 class Usage:
     """Every memory figure of a run: autograd's saved bytes (`PeakMemory`), the tensor-level
-    peak (CUDA: the allocator's; CPU: `LiveTensors`, unless `live` is off, e.g. under
-    torch.compile) and the resident-memory peak of the process."""
+    peak (CUDA: the allocator's; CPU: `LiveTensors` over the first `TRACKED_STEPS` steps,
+    unless `live` is off, e.g. under torch.compile) and the resident-memory peak since the run
+    began (Linux)."""
+
+    TRACKED_STEPS = 3
+    """Steps the CPU tracker watches: the peak is reached once the optimizers hold their state
+    (the first step); later steps repeat it and run without the tracker's per-operator cost."""
 
     def __init__(
         self, device: torch.device, tracked: Sequence[torch.Tensor], live: bool = True
@@ -73,17 +78,21 @@ class Usage:
         self.device = device
         self.saved = PeakMemory(device, tracked)
         self.live = LiveTensors() if live and device.type == "cpu" else None
+        self.steps = 0
         if self.live is not None:
             self.live.track(tracked)
+        reset_peak_rss()
 
     @contextmanager
-    def step(self, *inputs: torch.Tensor) -> Iterator[None]:
-        """Count the live tensors of one training step (the batch included)."""
-        if self.live is None:
+    def step(self, *tensors: torch.Tensor) -> Iterator[None]:
+        """Count the live tensors of one training step: `tensors` (the batch, and the optimizer
+        state a resumed run loaded) and every tensor the step makes."""
+        self.steps += 1
+        if self.live is None or self.steps > self.TRACKED_STEPS:
             yield
             return
         with self.live:
-            self.live.track(inputs)
+            self.live.track(tensors)
             yield
 
     def figures(self) -> dict[str, Any]:
@@ -122,7 +131,7 @@ class LiveTensors(TorchDispatchMode):  # type: ignore[no-untyped-call]
             self._add(t)
 
     def _add(self, t: torch.Tensor) -> None:
-        if t.device.type != "cpu":
+        if t.device.type != "cpu" or t.layout != torch.strided:  # sparse, mkldnn: no storage
             return
         storage = t.untyped_storage()
         if storage in self.seen:
@@ -144,6 +153,13 @@ class LiveTensors(TorchDispatchMode):  # type: ignore[no-untyped-call]
             if isinstance(t, torch.Tensor):
                 self._add(t)
         return out
+
+
+def reset_peak_rss() -> None:
+    """Start the resident-memory peak afresh (Linux 4.0+), so a run in a process that ran
+    others reports its own peak."""
+    with suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
 
 
 def peak_rss_bytes() -> int | None:
@@ -170,10 +186,11 @@ class Allocator:
 
     CHOICES = ("trim", "mmap", "default")
 
-    def __init__(self, mode: str) -> None:
-        self.libc = _glibc()
+    def __init__(self, mode: str, device: torch.device) -> None:
+        self.libc = _glibc() if device.type == "cpu" else None  # tensors on the host only
         self.mode = mode if self.libc is not None else "default"
         if self.mode == "mmap" and self.libc is not None:
+            # For the rest of the process: glibc has no way back to its dynamic threshold.
             self.libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
 
     def release(self) -> None:

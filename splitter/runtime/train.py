@@ -206,6 +206,17 @@ def e2e_step(s: Step, x: torch.Tensor, y: torch.Tensor) -> list[tuple[torch.Tens
     return [(loss.detach(), accuracy(logits, y))]
 
 
+def optimizer_state(optimizers: Sequence[torch.optim.Optimizer]) -> list[torch.Tensor]:
+    """The tensors the optimizers hold (momentum, Adam's moments), e.g. loaded on resume."""
+    return [
+        value
+        for optimizer in optimizers
+        for state in optimizer.state.values()
+        for value in state.values()
+        if isinstance(value, torch.Tensor)
+    ]
+
+
 def step_optimizer(s: Step, optimizer: torch.optim.Optimizer) -> None:
     s.scaler.step(optimizer)
     optimizer.zero_grad(set_to_none=True)
@@ -294,7 +305,8 @@ def prepare(args: argparse.Namespace) -> tuple[Step, torch.device]:
     trained = [parts.model] if args.mode == "e2e" else [parts.model, parts.auxiliaries]
     tensors = [t for m in trained for t in itertools.chain(m.parameters(), m.buffers())]
     usage = Usage(device, tensors, live=not args.compile)
-    step = Step(parts, optimizers, scaler, usage, Allocator(args.malloc), autocast, dataset)
+    allocator = Allocator(args.malloc, device)
+    step = Step(parts, optimizers, scaler, usage, allocator, autocast, dataset)
     if args.compile:
         parts.blocks = nn.ModuleList([torch.compile(b) for b in parts.blocks])  # type: ignore[misc]
     return step, device
@@ -336,7 +348,7 @@ def train(argv: Sequence[str] | None = None) -> dict[str, Any]:
             group["lr"] = lr
         began = time.perf_counter()
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with s.memory.step(x, y):
+        with s.memory.step(x, y, *optimizer_state(s.optimizers)):
             stats = run_step(s, x, y)
         times.append(time.perf_counter() - began)
         if (step + 1) % args.log_every == 0 or step + 1 == total:
@@ -381,6 +393,7 @@ def report(
         "test_accuracy": evaluations[-1]["test_accuracy"] if evaluations else None,
         "evaluations": evaluations,
         **s.memory.figures(),
+        "malloc": s.allocator.mode,
         "step_time_s": statistics.median(times) if times else None,
     }
 
