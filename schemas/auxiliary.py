@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field, NonNegativeInt, PositiveInt
 
@@ -84,6 +84,14 @@ class MlaanAux(_Aux):
     """Number of blocks, this one included, that the cascaded loss trains together."""
     weights: tuple[float, float] = (0.001, 0.999)
     """Weights of the `[independent, cascaded]` losses."""
+
+    LEAP_DEPTH: ClassVar[int] = 3
+    """Leap units sampled after the block (AugLocal's rule), the first one EMA-coupled."""
+    LEAP_TAU: ClassVar[float] = 0.5
+
+    def cascade(self, block: int) -> int:
+        """Blocks the cascaded loss of block `block` trains: the window, or all up to it."""
+        return min(self.window, block + 1)
 
 
 HeadConfig = Annotated[

@@ -147,6 +147,10 @@ class AuxSection(SpecModel):
     )
     """Overrides by block index, e.g. `{0: {kind: conv, width: 64}}`."""
 
+    def of(self, block: int) -> AuxConfig:
+        """The auxiliary of block `block`: its override, else the default."""
+        return self.blocks.get(block, self.default)
+
 
 class OptimizerConfig(SpecModel):
     """The optimizer of each block (or of the whole model with `optimizer_scope: global`)."""

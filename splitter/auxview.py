@@ -39,8 +39,7 @@ class AuxView:
 
 
 def aux_config(plan: Plan, k: int) -> Any:
-    aux = plan.spec.spec.aux
-    return aux.blocks.get(k, aux.default)
+    return plan.spec.spec.aux.of(k)
 
 
 class AuxiliaryViews:
@@ -74,7 +73,7 @@ class AuxiliaryViews:
         if isinstance(config, AugmentedAux):
             return AuxView(comments, self.augmented(config, k, j))
         if isinstance(config, MlaanAux):
-            window = min(config.window, k + 1)
+            window = config.cascade(k)
             comments.append(f"its cascaded loss recomputes blocks {k - window + 1}..{k}")
             return AuxView(comments, self.mlaan(config, k, j, window))
         return AuxView(comments, self.head(config, j, k))
@@ -142,7 +141,7 @@ class AuxiliaryViews:
         """The independent `conv` head, the window's blocks, leap copies (the first one
         EMA-coupled to its source unit), pooling and Linear."""
         sample, layout = self.shape(j)[1:], self.layout(config, j, k)
-        layers, current, _ = self.leap(k, j, depth=3, tau=0.5)
+        layers, current, _ = self.leap(k, j, MlaanAux.LEAP_DEPTH, MlaanAux.LEAP_TAU)
         units = [i for i, layer in enumerate(layers) if layer.startswith("Unit")]
         source = layers[units[0]] if units else "None"
         blocks = ", ".join(f"blocks[{i}]" for i in range(k - window + 1, k + 1))

@@ -135,7 +135,7 @@ class CostModel:
 
     def aux_cost(self, k: int, j: int, blocks: int) -> AuxCost:
         """The auxiliary of block k, which ends at boundary j."""
-        config = self.settings.aux.blocks.get(k, self.settings.aux.default)
+        config = self.settings.aux.of(k)
         key = (j, k if isinstance(config, AugmentedAux) else -1)
         if key not in self._aux:
             self._aux[key] = self._aux_cost(config, k, j, blocks)

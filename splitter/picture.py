@@ -241,8 +241,7 @@ def _blocks(analysis: Analysis, partition: Partition, rows: list[Row]) -> tuple[
 
 
 def _aux(model: CostModel, partition: Partition, k: int, rows: list[Row]) -> AuxView:
-    aux = partition.settings.aux
-    config = aux.blocks.get(k, aux.default)
+    config = partition.settings.aux.of(k)
     bounds, count = partition.bounds, len(partition.blocks)
     j = bounds[k + 1]
     cost = model.aux_cost(k, j, count)
@@ -255,12 +254,15 @@ def _aux(model: CostModel, partition: Partition, k: int, rows: list[Row]) -> Aux
         )
         return AuxView("momentum", lines, cost, (source,))
     if isinstance(config, (AugmentedAux, MlaanAux)):
-        depth, tau = (config.depth, config.tau) if isinstance(config, AugmentedAux) else (3, 0.5)
+        if isinstance(config, MlaanAux):
+            depth, tau = MlaanAux.LEAP_DEPTH, MlaanAux.LEAP_TAU
+        else:
+            depth, tau = config.depth, config.tau
         picked = augmented_units(model.feature_unit_ends, j, k, count, depth, tau)
         copies = f"fresh copies of {len(picked)} later unit{'s' * (len(picked) != 1)}"
         if isinstance(config, AugmentedAux):
             return AuxView("augmented", ("augmented (AugLocal)", copies, "linear head"), cost)
-        window = min(config.window, k + 1)
+        window = config.cascade(k)
         sources = (_row_at(rows, model.position[picked[0]]),) if picked else ()
         lines = ("mlaan", f"conv head + cascade over {window} blocks", f"{copies}, first EMA")
         return AuxView("mlaan", lines, cost, sources)

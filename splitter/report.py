@@ -91,8 +91,7 @@ def aux_kind(plan: Plan, index: int) -> str:
     """The auxiliary kind of block `index`; the last block trains on the task loss."""
     if index == len(plan.cuts):
         return "task loss"
-    aux = plan.spec.spec.aux
-    return aux.blocks.get(index, aux.default).kind
+    return plan.spec.spec.aux.of(index).kind
 
 
 def _output_shape(nodes: list[Any]) -> tuple[int, ...] | None:

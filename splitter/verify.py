@@ -351,9 +351,5 @@ def verify_plan(plan: Plan, batch_size: int = 2, seed: int = 0) -> Verification:
 def declared_windows(plan: Plan) -> list[int]:
     """How many blocks each block's local loss trains: MLAAN's `window` (capped at the blocks
     that exist before it), else 1; the last block trains on the task loss alone."""
-    aux = plan.spec.spec.aux
-    windows = []
-    for k in range(len(plan.cuts)):
-        config = aux.blocks.get(k, aux.default)
-        windows.append(min(config.window, k + 1) if isinstance(config, MlaanAux) else 1)
-    return [*windows, 1]
+    configs = [plan.spec.spec.aux.of(k) for k in range(len(plan.cuts))]
+    return [*(c.cascade(k) if isinstance(c, MlaanAux) else 1 for k, c in enumerate(configs)), 1]

@@ -54,7 +54,7 @@ def test_usage_reports_every_figure_on_cpu() -> None:
     layer = torch.nn.Linear(8, 8)
     usage = Usage(torch.device("cpu"), list(layer.parameters()))
     x = torch.randn(4, 8)
-    with usage.step(x), usage.saved.watch():
+    with usage.step([x], []), usage.saved.watch():
         layer(x).sum().backward()
     figures = usage.figures()
     assert figures["peak_memory_method"] == "saved_tensor_bytes"
@@ -105,7 +105,7 @@ def test_tracker_skips_tensors_without_storage_and_watches_the_first_steps() -> 
     usage = Usage(torch.device("cpu"), [])
     assert usage.live is not None
     for step in range(1, Usage.TRACKED_STEPS + 2):
-        with usage.step():
+        with usage.step([], []):
             index = torch.tensor([[0, 1], [1, 0]])
             sparse = torch.sparse_coo_tensor(index, torch.ones(2), (2, 2), check_invariants=True) * 2  # no storage
             kept = torch.ones(MIB // 4) if step == Usage.TRACKED_STEPS + 1 else None

@@ -84,15 +84,24 @@ class Usage:
         reset_peak_rss()
 
     @contextmanager
-    def step(self, *tensors: torch.Tensor) -> Iterator[None]:
-        """Count the live tensors of one training step: `tensors` (the batch, and the optimizer
-        state a resumed run loaded) and every tensor the step makes."""
+    def step(
+        self, batch: Sequence[torch.Tensor], optimizers: Sequence[torch.optim.Optimizer]
+    ) -> Iterator[None]:
+        """Count the live tensors of one training step: the batch, the optimizers' state (which
+        a resumed run loaded before any step) and every tensor the step makes."""
         self.steps += 1
         if self.live is None or self.steps > self.TRACKED_STEPS:
             yield
             return
         with self.live:
-            self.live.track(tensors)
+            self.live.track(batch)
+            self.live.track(
+                value
+                for optimizer in optimizers
+                for state in optimizer.state.values()
+                for value in state.values()
+                if isinstance(value, torch.Tensor)
+            )
             yield
 
     def figures(self) -> dict[str, Any]:

@@ -206,17 +206,6 @@ def e2e_step(s: Step, x: torch.Tensor, y: torch.Tensor) -> list[tuple[torch.Tens
     return [(loss.detach(), accuracy(logits, y))]
 
 
-def optimizer_state(optimizers: Sequence[torch.optim.Optimizer]) -> list[torch.Tensor]:
-    """The tensors the optimizers hold (momentum, Adam's moments), e.g. loaded on resume."""
-    return [
-        value
-        for optimizer in optimizers
-        for state in optimizer.state.values()
-        for value in state.values()
-        if isinstance(value, torch.Tensor)
-    ]
-
-
 def step_optimizer(s: Step, optimizer: torch.optim.Optimizer) -> None:
     s.scaler.step(optimizer)
     optimizer.zero_grad(set_to_none=True)
@@ -348,7 +337,7 @@ def train(argv: Sequence[str] | None = None) -> dict[str, Any]:
             group["lr"] = lr
         began = time.perf_counter()
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with s.memory.step(x, y, *optimizer_state(s.optimizers)):
+        with s.memory.step((x, y), s.optimizers):
             stats = run_step(s, x, y)
         times.append(time.perf_counter() - began)
         if (step + 1) % args.log_every == 0 or step + 1 == total:
