@@ -12,6 +12,7 @@ from typing import Any
 from splitter.errors import UsageError
 from splitter.files import write_atomically
 from splitter.picture import Picture, Row
+from splitter.report import mib
 
 FORMATS = (".svg", ".png", ".html")
 PALETTE = ("#4C78A8", "#F58518", "#54A24B", "#B279A2", "#E45756", "#72B7B2", "#9D755D")
@@ -398,10 +399,6 @@ def page(pic: Picture, svg: str) -> str:
         "</style>\n</head>\n<body>\n"
         f"<h1>{heading}</h1>\n{body}\n<table>\n{table}</table>\n</body>\n</html>\n"
     )
-
-
-def mib(n: int) -> str:
-    return f"{n / 2**20:,.1f}"
 
 
 def count(n: int) -> str:
