@@ -95,6 +95,10 @@ class CostModel:
         values = self.sums[key]
         return values[self.position[j] + 1] - values[self.position[i] + 1]
 
+    def flops(self, i: int, j: int) -> int:
+        """The forward FLOPs of the nodes between boundaries i and j."""
+        return self._sum("flops", i, j)
+
     def block(self, k: int, i: int, j: int, blocks: int) -> BlockCost:
         """Block k of `blocks` spanning boundaries i..j."""
         last = k == blocks - 1
@@ -109,7 +113,7 @@ class CostModel:
             grad_bytes=grads,
             param_bytes=param_bytes,
             params=self._sum("params", i, j),
-            flops=self._sum("flops", i, j),
+            flops=self.flops(i, j),
             units=sum(1 for end in self.unit_ends if i < end <= j) or 1,
         )
 

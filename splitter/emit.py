@@ -17,11 +17,20 @@ from splitter.codegen import Imports, ModuleSource, module_source
 from splitter.costs import output_shape
 from splitter.errors import SplitterError
 from splitter.modelsource import ModelSource
+from splitter.partitioner import block_flops
 from splitter.plan import Plan
 from splitter.runtime.checkpoint import fingerprint
 
 RUNTIME = Path(__file__).parent / "runtime"
-RUNTIME_FILES = ("auxiliary.py", "checkpoint.py", "data.py", "memory.py", "optim.py", "train.py")
+RUNTIME_FILES = (
+    "auxiliary.py",
+    "checkpoint.py",
+    "data.py",
+    "memory.py",
+    "optim.py",
+    "pipeline.py",
+    "train.py",
+)
 """Copied verbatim (under the provenance header) into every package."""
 TEMPLATES = jinja2.Environment(
     loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
@@ -194,6 +203,8 @@ class Viewer:
             "builder": self.source.builder,
             "num_classes": out[-1] if out else 10,
             "fingerprint": fingerprint(self.analysis.model.module),
+            # what groups blocks onto devices and pipeline stages (the cost model's FLOPs)
+            "block_flops": block_flops(self.analysis, self.plan.cuts),
             "splitter": version,
             **{name: _version(name) for name in ("torch", "torchvision", "timm")},
         }

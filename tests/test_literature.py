@@ -195,7 +195,7 @@ def test_mlaan_ema_updates_by_the_formula(mlaan: ModuleType) -> None:
     coupled = [a for a in step.parts.auxiliaries if a.ema is not None]
     assert coupled
     before = [[p.clone() for p in a.ema.parameters()] for a in coupled]
-    sources = [[p.detach().clone() for p in a._source] for a in coupled]
+    sources = [[p.detach().clone() for p in a.source] for a in coupled]
     mlaan.local_step(step, x, y)
     for aux, old, src in zip(coupled, before, sources, strict=True):
         for new, o, s in zip(aux.ema.parameters(), old, src, strict=True):

@@ -103,7 +103,7 @@ def test_ema_moves_by_the_formula_and_never_gets_a_gradient(train: ModuleType) -
     momentum = [a for a in step.parts.auxiliaries if type(a).__name__ == "Momentum"]
     assert len(momentum) == 3
     before = [[p.detach().clone() for p in a.ema.parameters()] for a in momentum]
-    sources = [[p.detach().clone() for p in a._source] for a in momentum]
+    sources = [[p.detach().clone() for p in a.source] for a in momentum]
     train.local_step(step, x, y)
     for aux, old, src in zip(momentum, before, sources, strict=True):
         assert all(not p.requires_grad and p.grad is None for p in aux.ema.parameters())
@@ -117,7 +117,7 @@ def test_the_ema_source_is_the_next_blocks_first_unit(train: ModuleType) -> None
     step, _, _ = one_step(train)
     for k, aux in enumerate(step.parts.auxiliaries):
         next_block = {id(p) for p in step.parts.blocks[k + 1].parameters()}
-        assert aux._source and all(id(p) in next_block for p in aux._source)
+        assert aux.source and all(id(p) in next_block for p in aux.source)
         lb = {id(p) for p in aux.lb.parameters()}
         assert not lb & next_block  # a copy, trained by block k's loss only
 
@@ -289,7 +289,7 @@ def test_momentum_copies_start_from_the_source_or_afresh(init: str, tmp_path: Pa
         parts = train.build(0)
     for aux in parts.auxiliaries:
         assert "scale" not in dict(aux.named_parameters())  # MAN: s fixed at 1
-        pairs = list(zip(aux.lb.parameters(), aux._source, strict=True))
+        pairs = list(zip(aux.lb.parameters(), aux.source, strict=True))
         same = [torch.equal(a, b) for a, b in pairs if a.dim() > 1]  # BatchNorm resets to 1, 0
         assert all(same) if init == "copy" else not any(same)
 

@@ -208,7 +208,8 @@ class Momentum(Auxiliary):
             self.scale = nn.Parameter(torch.tensor(1.0))
         else:
             self.register_buffer("scale", torch.tensor(1.0))
-        self._source = tuple(source.parameters())  # the next block's own: not registered here
+        self.source = tuple(source.parameters())
+        """The source unit's parameters (the next block's own: not registered here)."""
 
     def forward(
         self,
@@ -223,7 +224,7 @@ class Momentum(Auxiliary):
 
     @torch.no_grad()
     def after_backward(self) -> None:
-        ema_update(self.ema, self._source, self.decay)
+        ema_update(self.ema, self.source, self.decay)
         self.head.after_backward()
 
 
@@ -317,7 +318,7 @@ class Mlaan(Auxiliary):
         self.independent, self.head = independent, head
         self.leap = nn.ModuleList(copy.deepcopy(layer) for layer in leap)
         self.ema = copy.deepcopy(source).requires_grad_(False) if source is not None else None
-        self._source = tuple(source.parameters()) if source is not None else ()
+        self.source = tuple(source.parameters()) if source is not None else ()
         self.weights, self.decay, self.coupled = weights, decay, coupled
 
     def forward(
@@ -340,15 +341,17 @@ class Mlaan(Auxiliary):
     @torch.no_grad()
     def after_backward(self) -> None:
         if self.ema is not None:
-            ema_update(self.ema, self._source, self.decay)
+            ema_update(self.ema, self.source, self.decay)
 
 
 def ema_update(ema: nn.Module, source: Sequence[torch.Tensor], decay: float) -> None:
     """`ema = decay * ema + (1 - decay) * source`, parameter by parameter (not buffers)."""
     params: list[torch.Tensor] = list(ema.parameters())
     if params:
+        # a source on another device (blocks grouped onto several) is copied over first
+        here = [s.to(p.device, non_blocking=True) for p, s in zip(params, source, strict=True)]
         torch._foreach_mul_(params, decay)
-        torch._foreach_add_(params, list(source), alpha=1 - decay)
+        torch._foreach_add_(params, here, alpha=1 - decay)
 
 
 def _reset(module: nn.Module) -> None:

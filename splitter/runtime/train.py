@@ -5,11 +5,20 @@
     python train.py --mode e2e               # the unsplit model: same data, optimizer, schedule
     python train.py --data cifar10 --data-root ~/data --epochs 100 --out runs/cifar10
     python train.py --resume runs/checkpoint.pt --export trained.pt
+    python train.py --device cuda:0 cuda:1   # groups of blocks on two GPUs, as a wavefront
+    torchrun --nproc-per-node 4 train.py     # a pipeline: each process trains a stage of blocks
 
 Every setting not given as a flag comes from spec.lock.yaml beside this file. Block k trains on
 the detached output of block k-1 and its auxiliary's loss; its backward runs (and, with the
 `block` optimizer scope, its optimizer steps) before block k+1 starts. The last block trains on
 the task loss. `--out` receives checkpoint.pt and metrics.json.
+
+With several devices the blocks form contiguous groups balanced by their FLOPs, and group g
+trains on batch t while group g+1 trains on batch t-1; the weights are those of the one-device
+run. Under torchrun each rank owns a stage of blocks (`--stages`, default the world size; more
+processes than stages make data-parallel replicas of each stage), activations and labels go
+forward between ranks, and nothing goes back but the parameters a `momentum` auxiliary keeps an
+EMA of when they live on the next rank: that EMA is one step staler than in one process.
 """
 
 from __future__ import annotations
@@ -17,17 +26,21 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import statistics
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils import _pytree as pytree
 
 try:
     import yaml
@@ -39,6 +52,8 @@ import checkpoint
 import data
 import model as model_file
 import optim
+import pipeline
+from auxiliary import InfoPro, Momentum
 from memory import Allocator, Usage
 
 HERE = Path(__file__).resolve().parent
@@ -59,7 +74,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=TRAINING["epochs"])
     p.add_argument("--batch-size", type=int, default=TRAINING["batch_size"])
     p.add_argument("--seed", type=int, default=TRAINING["seed"])
-    p.add_argument("--device", default=TRAINING["devices"][0])
+    p.add_argument(
+        "--device",
+        nargs="+",
+        default=TRAINING["devices"],
+        help="one device, or several for groups of blocks (under torchrun: one per local rank)",
+    )
+    p.add_argument("--stages", type=int, default=TRAINING["stages"], help="pipeline stages")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds a rank waits for another")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=TRAINING["precision"])
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile every block")
@@ -91,8 +113,17 @@ class Parts:
     blocks: nn.ModuleList
     auxiliaries: nn.ModuleList
     num_classes: int
-    reach: int = 1
-    """The most blocks one auxiliary's loss trains: how many block inputs a step keeps."""
+    windows: list[int]
+    """How many blocks each block's loss trains (more than 1 only for MLAAN)."""
+
+    @property
+    def reach(self) -> int:
+        """The most blocks one auxiliary's loss trains: how many block inputs a step keeps."""
+        return max(self.windows)
+
+    @property
+    def last(self) -> int:
+        return len(self.blocks) - 1
 
 
 def build(seed: int) -> Parts:
@@ -103,8 +134,8 @@ def build(seed: int) -> Parts:
     split = blocks.build_blocks(net)
     num_classes = PACKAGE["num_classes"]
     auxiliaries = blocks.build_auxiliaries(net, split, num_classes)
-    reach = max((int(getattr(a, "window", 1)) for a in auxiliaries), default=1)
-    return Parts(net, split, auxiliaries, num_classes, reach)
+    windows = [int(getattr(a, "window", 1)) for a in auxiliaries] + [1]
+    return Parts(net, split, auxiliaries, num_classes, windows)
 
 
 def check_fingerprint(net: nn.Module) -> None:
@@ -129,6 +160,30 @@ def select_output(out: Any) -> torch.Tensor:
     return out[key or 0]  # type: ignore[no-any-return]
 
 
+class Local(nn.Module):
+    """Block k and its auxiliary (none for the last block, which trains on the task loss):
+    returns the block's output, its local loss and the logits the loss was computed on."""
+
+    def __init__(self, block: nn.Module, auxiliary: nn.Module | None) -> None:
+        super().__init__()
+        self.block, self.auxiliary = block, auxiliary
+
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor, image: torch.Tensor, history: list[torch.Tensor]
+    ) -> tuple[Any, torch.Tensor, torch.Tensor]:
+        out = self.block(x)
+        if self.auxiliary is None:
+            logits = select_output(out)
+            return out, F.cross_entropy(logits, y), logits
+        loss, logits = self.auxiliary(out, y, image, history)
+        return out, loss, logits
+
+
+def needs_image(auxiliary: nn.Module) -> bool:
+    """Whether an auxiliary reconstructs the un-normalised input (InfoPro's decoder)."""
+    return any(isinstance(m, InfoPro) for m in auxiliary.modules())
+
+
 # ---------------------------------------------------------------- optimizers
 
 
@@ -143,7 +198,28 @@ def make_optimizers(parts: Parts, mode: str) -> list[torch.optim.Optimizer]:
     return [optim.optimizer(config, optim.trainable(block, aux)) for block, aux in pairs]
 
 
-# ---------------------------------------------------------------- one training step
+# ---------------------------------------------------------------- one block on one batch
+
+
+@dataclass
+class Flight:
+    """One batch on its way through the blocks."""
+
+    step: int | None
+    x: torch.Tensor
+    """The input of the next block."""
+    y: torch.Tensor
+    image: torch.Tensor
+    """The un-normalised input, for auxiliaries that reconstruct it (else empty)."""
+    history: list[torch.Tensor]
+    """The detached inputs of the last blocks (MLAAN recomputes its window from them)."""
+
+    def to(self, device: torch.device) -> Flight:
+        def move(t: torch.Tensor) -> torch.Tensor:
+            return t.to(device, non_blocking=True)
+
+        history = [move(t) for t in self.history]
+        return Flight(self.step, history[-1], move(self.y), move(self.image), history)
 
 
 @dataclass
@@ -151,62 +227,83 @@ class Step:
     """Everything a training step needs."""
 
     parts: Parts
+    locals: list[nn.Module]
+    """Block k with its auxiliary (wrapped in DDP for data-parallel replicas)."""
     optimizers: list[torch.optim.Optimizer]
     scaler: torch.amp.GradScaler
     memory: Usage
     allocator: Allocator
     autocast: Any
     dataset: data.Data
-    losses: list[list[float]] = field(default_factory=list)
-    accuracy: list[list[float]] = field(default_factory=list)
+    random: pipeline.BlockRandom
+    lr: Callable[[int], float]
+    """The learning rate at a step (the schedule)."""
+    total: int
+    """The steps of the run."""
+    per_epoch: int
+    latest: list[tuple[torch.Tensor, torch.Tensor] | None] = field(default_factory=list)
+    """Each block's loss and accuracy on the last batch it trained on."""
+    before_ema: dict[int, Callable[[int | None], None]] = field(default_factory=dict)
+    """What runs before block k's EMA update (receiving a source from another rank)."""
+
+    @property
+    def per_block(self) -> bool:
+        return len(self.optimizers) > 1
 
 
-def local_step(s: Step, x: torch.Tensor, y: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
-    """Each block on the detached output of the one before, its backward at once."""
-    image, inputs = s.dataset.unnormalise(x), [x]
-    stats: list[tuple[torch.Tensor, ...]] = []
-    last = len(s.parts.blocks) - 1
-    for k, block in enumerate(s.parts.blocks):
-        with s.memory.saved.watch(), s.autocast():
-            out = block(inputs[-1])
-            if k < last:
-                loss, logits = s.parts.auxiliaries[k](out, y, image, inputs)
-            else:
-                logits = select_output(out)
-                loss = F.cross_entropy(logits, y)
-        s.scaler.scale(loss).backward()
-        s.memory.saved.release()
-        if k < last:
-            s.parts.auxiliaries[k].after_backward()  # type: ignore[operator]
-            inputs = (
-                [*inputs[-s.parts.reach + 1 :], out.detach()]
-                if s.parts.reach > 1
-                else [out.detach()]
-            )
-        if len(s.optimizers) > 1:
-            step_optimizer(s, s.optimizers[k])
-        stats.append((loss.detach(), accuracy(logits, y)))
-        s.allocator.release()  # what this block freed goes back before the next one runs
-    if len(s.optimizers) == 1:
-        step_optimizer(s, s.optimizers[0])
+def block_step(s: Step, k: int, f: Flight) -> None:
+    """Block k on the detached output of the block before: forward, local loss, backward at
+    once, its auxiliary's EMA update, and (per-block optimizers) its optimizer step."""
+    with s.random.use(k), s.memory.saved.watch(), s.autocast():
+        out, loss, logits = s.locals[k](f.x, f.y, f.image, f.history)
+    s.scaler.scale(loss).backward()
+    s.memory.saved.release()
+    if k < s.parts.last:
+        if k in s.before_ema:
+            s.before_ema[k](f.step)
+        s.parts.auxiliaries[k].after_backward()  # type: ignore[operator]
+        f.x = out.detach()
+        f.history = [*f.history[1:], f.x] if len(f.history) >= s.parts.reach else [*f.history, f.x]
+    if s.per_block:
+        step_optimizer(s, s.optimizers[k], f.step)
+    s.latest[k] = (loss.detach(), accuracy(logits, f.y))
+    s.allocator.release()  # what this block freed goes back before the next one runs
+
+
+def local_step(
+    s: Step, x: torch.Tensor, y: torch.Tensor, step: int | None = None
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Every block on one batch, in order (the sequential schedule); each block's loss and
+    accuracy. `step` sets the learning rate by the schedule (None: as the optimizers have it)."""
+    f = Flight(step, x, y, s.dataset.unnormalise(x), [x])
+    for k in range(len(s.parts.blocks)):
+        block_step(s, k, f)
+    if not s.per_block:
+        step_optimizer(s, s.optimizers[0], step)
     s.scaler.update()
-    return stats
+    return [v for v in s.latest if v is not None]
 
 
-def e2e_step(s: Step, x: torch.Tensor, y: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+def e2e_step(
+    s: Step, x: torch.Tensor, y: torch.Tensor, step: int | None = None
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The unsplit model on the task loss, one backward through everything."""
     with s.memory.saved.watch(), s.autocast():
         logits = select_output(s.parts.model(x))
         loss = F.cross_entropy(logits, y)
     s.scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
     s.memory.saved.release()
-    step_optimizer(s, s.optimizers[0])
+    step_optimizer(s, s.optimizers[0], step)
     s.scaler.update()
     s.allocator.release()
-    return [(loss.detach(), accuracy(logits, y))]
+    s.latest = [(loss.detach(), accuracy(logits, y))]
+    return s.latest  # type: ignore[return-value]
 
 
-def step_optimizer(s: Step, optimizer: torch.optim.Optimizer) -> None:
+def step_optimizer(s: Step, optimizer: torch.optim.Optimizer, step: int | None) -> None:
+    if step is not None:
+        for group in optimizer.param_groups:
+            group["lr"] = s.lr(step)
     s.scaler.step(optimizer)
     optimizer.zero_grad(set_to_none=True)
 
@@ -215,31 +312,313 @@ def accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (logits.detach().argmax(dim=1) == y).float().mean()
 
 
-@torch.no_grad()
-def evaluate(net: nn.Module, s: Step, args: argparse.Namespace, device: torch.device) -> float:
-    """Test accuracy of the model (the chained blocks share its modules)."""
-    net.eval()
-    correct = seen = 0
-    batches = s.dataset.test_batches(args.batch_size)
-    for x, y in itertools.islice(batches, args.eval_batches):
-        logits = select_output(net(x.to(device)))
-        correct += int((logits.argmax(dim=1).cpu() == y).sum())
-        seen += len(y)
-    net.train()
-    return correct / max(1, seen)
+# ---------------------------------------------------------------- schedules
+
+
+class Sequential:
+    """One device: every block on batch t, in order, before batch t+1."""
+
+    def __init__(self, s: Step, args: argparse.Namespace, device: torch.device) -> None:
+        self.s, self.args, self.device = s, args, device
+
+    def flight(self, step: int, x: torch.Tensor, y: torch.Tensor) -> Flight:
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        return Flight(step, x, y, self.s.dataset.unnormalise(x), [x])
+
+    def run(self, a: int, b: int, times: list[float]) -> Iterator[int]:
+        """Train on steps a..b-1; yields each step once every block has trained on it."""
+        s = self.s
+        for step, (x, y) in batches(s, self.args, a, b):
+            began = time.perf_counter()
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            with s.memory.step((x, y), s.optimizers):
+                (e2e_step if self.args.mode == "e2e" else local_step)(s, x, y, step)
+            times.append(time.perf_counter() - began)
+            yield step
+
+    def evaluate(self, test: Iterator[Any]) -> float:
+        """Test accuracy of the model (the blocks share its modules)."""
+        correct = seen = 0
+        for x, y in test:
+            logits = self.forward(x.to(self.device))
+            correct += int((logits.argmax(dim=1).cpu() == y).sum())
+            seen += len(y)
+        return correct / max(1, seen)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return select_output(self.s.parts.model(x))
+
+    def close(self) -> None:
+        """Nothing is in flight."""
+
+
+class Wavefront(Sequential):
+    """Contiguous groups of blocks on several devices: at each tick group g trains on batch
+    t - g, so the devices work at once. Groups are issued last first, so every block sees the
+    batches in order and a block's EMA source has made exactly the updates it has in one
+    process: the weights are the sequential run's."""
+
+    def __init__(
+        self, s: Step, args: argparse.Namespace, groups: list[range], devices: list[torch.device]
+    ) -> None:
+        super().__init__(s, args, devices[0])
+        self.groups, self.devices = groups, devices
+
+    def run(self, a: int, b: int, times: list[float]) -> Iterator[int]:
+        s, width = self.s, len(self.groups)
+        steps = batches(s, self.args, a, b)
+        waiting: list[Flight | None] = [None] * width  # waiting[g]: the batch group g trains on
+        more = True
+        while more or any(f is not None for f in waiting):
+            began = time.perf_counter()
+            following = next(steps, None)
+            more = following is not None
+            if following is not None:
+                step, (x, y) = following
+                waiting[0] = self.flight(step, x, y)
+            batch = [t for f in waiting if f is not None for t in (f.x, f.y)]
+            done = None
+            with s.memory.step(batch, s.optimizers):
+                for g in reversed(range(width)):
+                    f, waiting[g] = waiting[g], None
+                    if f is None:
+                        continue
+                    for k in self.groups[g]:
+                        block_step(s, k, f)
+                    if g + 1 < width:
+                        waiting[g + 1] = f.to(self.devices[g + 1])
+                    else:
+                        done = f.step
+                s.scaler.update()
+            times.append(time.perf_counter() - began)
+            if done is not None:
+                yield done
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for group, device in zip(self.groups, self.devices, strict=True):
+            x = x.to(device, non_blocking=True)
+            for k in group:
+                x = self.s.parts.blocks[k](x)
+        return select_output(x)
+
+
+class Pipeline:
+    """One stage of a torchrun pipeline: receive a batch's activations and labels from the
+    previous stage (the first stage reads the data), train this stage's blocks on it, send the
+    output on. A `momentum` auxiliary whose source unit is on the next stage gets that unit's
+    parameters from it once per step (`pipeline.SourceSender`)."""
+
+    def __init__(
+        self,
+        s: Step,
+        args: argparse.Namespace,
+        layout: pipeline.Layout,
+        groups: list[range],
+        device: torch.device,
+        total: int,
+    ) -> None:
+        self.s, self.args, self.layout, self.device = s, args, layout, device
+        self.mine = groups[layout.stage]
+        self.start, self.total = 0, total
+        before, after = layout.previous, layout.next
+        self.before = pipeline.Link(layout, before, device) if before is not None else None
+        self.after = pipeline.Link(layout, after, device) if after is not None else None
+        auxiliaries = s.parts.auxiliaries
+        later = range(self.mine.stop, s.parts.last)
+        self.send_image = any(needs_image(auxiliaries[k]) for k in later)
+        self.sender: pipeline.SourceSender | None = None
+        self.mirror: pipeline.SourceMirror | None = None
+        last, first = self.mine[-1], self.mine[0]
+        if after is not None and isinstance(auxiliaries[last], Momentum):
+            link = pipeline.Link(layout, after, device)
+            self.mirror = pipeline.SourceMirror(link, auxiliaries[last].source, device)
+            auxiliaries[last].source = self.mirror.tensors
+            s.before_ema[last] = self.receive_source
+        if before is not None and isinstance(auxiliaries[first - 1], Momentum):
+            link = pipeline.Link(layout, before, device)
+            self.sender = pipeline.SourceSender(link, auxiliaries[first - 1].source)
+
+    def receive_source(self, step: int | None) -> None:
+        if step is not None and step > self.start and self.mirror is not None:
+            self.mirror.receive(step)
+
+    def sources(self) -> dict[int, torch.Tensor]:
+        """The source copy this stage last sent back, by the block whose EMA reads it."""
+        return {self.mine[0] - 1: self.sender.last} if self.sender is not None else {}
+
+    def resume(self, state: dict[str, Any]) -> None:
+        self.start = int(state["step"])
+        if self.mirror is not None:
+            self.mirror.restore(state["sources"].get(self.mine[-1]))
+
+    def share(self, t: torch.Tensor) -> torch.Tensor:
+        """This replica's slice of a batch."""
+        share: torch.Tensor = t.tensor_split(self.layout.replicas)[self.layout.replica]
+        return share
+
+    def flight(self, step: int, steps: Iterator[tuple[int, Any]]) -> Flight:
+        if self.before is None:
+            _, (x, y) = next(steps)
+            x, y = self.share(x).to(self.device), self.share(y).to(self.device)
+            return Flight(step, x, y, self.s.dataset.unnormalise(x), [x])
+        x, y, *image = self.before.receive(f"receiving the activations of step {step}")
+        return Flight(step, x, y, image[0] if image else x.new_empty(0), [x])
+
+    def run(self, a: int, b: int, times: list[float]) -> Iterator[int]:
+        s = self.s
+        steps = batches(s, self.args, a, b) if self.before is None else iter(())
+        for step in range(a, b):
+            began = time.perf_counter()
+            if self.sender is not None:
+                self.sender.send(step, needed=step + 1 < self.total)
+            f = self.flight(step, steps)
+            with s.memory.step((f.x, f.y), s.optimizers):
+                for k in self.mine:
+                    block_step(s, k, f)
+                s.scaler.update()
+            if self.after is not None:
+                message = [f.x, f.y, f.image] if self.send_image else [f.x, f.y]
+                self.after.send(message, f"sending the activations of step {step}")
+            times.append(time.perf_counter() - began)
+            yield step
+
+    def evaluate(self, test: Iterator[Any]) -> float:
+        """The test batches flow through the stages like training batches; the last stage
+        counts what its replica got right, and every rank learns the total."""
+        counts = torch.zeros(2, dtype=torch.int64, device=self.device)
+        while (message := self.next_test(test)) is not None:
+            x, y = message
+            for k in self.mine:
+                x = self.s.parts.blocks[k](x)
+            if self.after is not None:
+                self.after.send([x, y], "sending test activations")
+            else:
+                counts += torch.stack(
+                    [(select_output(x).argmax(dim=1) == y).sum(), y.new_tensor(len(y))]
+                )
+        if self.after is not None:
+            self.after.send([], "ending the test stream")
+        with pipeline.guard(self.layout, "the other ranks", "adding up the test accuracy"):
+            dist.all_reduce(counts)
+        return int(counts[0]) / max(1, int(counts[1]))
+
+    def next_test(self, test: Iterator[Any]) -> list[torch.Tensor] | None:
+        if self.before is None:
+            batch = next(test, None)
+            return None if batch is None else [self.share(t).to(self.device) for t in batch]
+        message = self.before.receive("receiving test activations")
+        return message or None
+
+    def gather(self, step: int) -> dict[str, Any] | None:
+        """Every stage's part of a checkpoint, merged on rank 0 (None elsewhere)."""
+        layout = self.layout
+        part = None
+        if layout.replica == 0:
+            part = stage_state(self.s, step, self.mine, layout.stage == 0, self.sources())
+        parts = self.collect(part, "gathering a checkpoint")
+        return merge([p for p in parts if p is not None]) if parts else None
+
+    def gather_report(self, mine: dict[str, Any]) -> list[dict[str, Any]]:
+        """Every rank's metrics (on rank 0; elsewhere only this rank's)."""
+        return self.collect(mine, "gathering the metrics") or [mine]
+
+    def collect(self, value: Any, what: str) -> list[Any] | None:
+        found: list[Any] | None = [None] * self.layout.world if self.layout.rank == 0 else None
+        with pipeline.guard(self.layout, "the other ranks", what):
+            dist.gather_object(value, found, dst=0)
+        return found
+
+    def close(self) -> None:
+        """Wait for the last sends."""
+        for link in (self.after, self.sender.link if self.sender else None):
+            if link is not None:
+                link.wait("finishing the last send")
+
+
+def segments(args: argparse.Namespace, start: int, total: int, per_epoch: int) -> list[int]:
+    """The steps after which the run evaluates or saves: epoch ends, every `--save-every`, the
+    last; a wavefront or pipeline drains at each."""
+    ends = {total, *range(per_epoch, total, per_epoch)}
+    if args.save_every and not args.no_checkpoint:
+        ends |= set(range(args.save_every, total, args.save_every))
+    return sorted(end for end in ends if end > start)
+
+
+def batches(s: Step, args: argparse.Namespace, start: int, total: int) -> Iterator[tuple[int, Any]]:
+    per_epoch = s.dataset.steps_per_epoch(args.batch_size)
+    step = start
+    while step < total:
+        epoch, skip = divmod(step, per_epoch)
+        for x, y in s.dataset.train_batches(epoch, args.batch_size, args.seed, skip):
+            yield step, (x, y)
+            step += 1
+            if step >= total:
+                return
+
+
+Schedule = Sequential | Pipeline
 
 
 # ---------------------------------------------------------------- checkpoints
 
 
+def stage_state(
+    s: Step, step: int, owned: range, whole: bool, sources: dict[int, torch.Tensor]
+) -> dict[str, Any]:
+    """What blocks `owned` contribute to a checkpoint (`whole`: the entire model and every
+    auxiliary, which the other stages' parts then overwrite)."""
+    keys = {key for k in owned for key in s.parts.blocks[k].state_dict()}
+    prefixes = tuple(f"{k}." for k in owned)
+    state = {
+        "step": step,
+        "model": {k: v for k, v in s.parts.model.state_dict().items() if whole or k in keys},
+        "auxiliaries": {
+            k: v
+            for k, v in s.parts.auxiliaries.state_dict().items()
+            if whole or k.startswith(prefixes)
+        },
+        "optimizers": {
+            k: s.optimizers[k].state_dict()
+            for k in (owned if s.per_block else range(len(s.optimizers)))
+        },
+        "block_rng": {k: s.random.state(k) for k in owned},
+        "sources": sources,
+        "scaler": s.scaler.state_dict(),
+    }
+    return pytree.tree_map_only(torch.Tensor, lambda t: t.detach().cpu(), state)  # type: ignore[no-any-return]
+
+
+def merge(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One checkpoint from every stage's part, in the format of a single-process run."""
+    merged: dict[str, Any] = {"step": parts[0]["step"], "scaler": parts[0]["scaler"]}
+    for key in ("model", "auxiliaries", "optimizers", "block_rng", "sources"):
+        merged[key] = {k: v for part in parts for k, v in part[key].items()}
+    merged["optimizers"] = [merged["optimizers"][k] for k in sorted(merged["optimizers"])]
+    merged["block_rng"] = [merged["block_rng"][k] for k in sorted(merged["block_rng"])]
+    merged["rng"] = torch.get_rng_state()
+    merged["cuda_rng"] = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    return merged
+
+
 def save_checkpoint(path: Path, step: int, s: Step) -> None:
-    modules = {"model": s.parts.model, "auxiliaries": s.parts.auxiliaries}
-    checkpoint.save(path, step, modules, s.optimizers, s.scaler)
+    everything = range(len(s.parts.blocks))
+    checkpoint.write(path, merge([stage_state(s, step, everything, True, {})]))
 
 
-def load_checkpoint(path: Path, s: Step) -> int:
-    modules = {"model": s.parts.model, "auxiliaries": s.parts.auxiliaries}
-    return int(checkpoint.load(path, modules, s.optimizers, s.scaler))
+def load_checkpoint(path: Path, s: Step) -> dict[str, Any]:
+    """Restore the modules, optimizers, scaler and generators; the checkpoint's contents."""
+    state: dict[str, Any] = checkpoint.read(path, len(s.optimizers))
+    s.parts.model.load_state_dict(state["model"])
+    s.parts.auxiliaries.load_state_dict(state["auxiliaries"])
+    for optimizer, saved in zip(s.optimizers, state["optimizers"], strict=True):
+        optimizer.load_state_dict(saved)
+    s.scaler.load_state_dict(state["scaler"])
+    for k, generators in enumerate(state["block_rng"]):
+        s.random.load(k, generators)
+    torch.set_rng_state(state["rng"])
+    if state["cuda_rng"]:
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    return state
 
 
 # ---------------------------------------------------------------- the run
@@ -274,15 +653,74 @@ def load_dataset(args: argparse.Namespace, num_classes: int) -> data.Data:
     return dataset
 
 
-def prepare(args: argparse.Namespace) -> tuple[Step, torch.device]:
+@dataclass
+class Placement:
+    """Which blocks run where: one group per device (one process), or this rank's stage."""
+
+    groups: list[range]
+    devices: list[torch.device]
+    """The device of each group (under torchrun: this rank's, for every group)."""
+    layout: pipeline.Layout | None = None
+
+    @property
+    def owned(self) -> range:
+        return self.groups[self.layout.stage] if self.layout else range(self.groups[-1].stop)
+
+    def device_of(self, k: int) -> torch.device:
+        return next(d for g, d in zip(self.groups, self.devices, strict=True) if k in g)
+
+
+def place(args: argparse.Namespace, parts: Parts) -> Placement:
+    """Group the blocks by their FLOPs (the cost model's, from spec.lock.yaml) onto the devices
+    or the stages, refusing what the schedule cannot honour."""
+    costs = PACKAGE.get("block_flops") or [1] * len(parts.blocks)
+    scope = TRAINING["optimizer_scope"]
+    if pipeline.launched():
+        if args.mode == "e2e":
+            raise ConfigError(
+                "--mode e2e trains the unsplit model in one process: run it without torchrun"
+            )
+        layout = pipeline.layout_from_environment(args.stages)
+        groups = pipeline.schedule(
+            costs, layout.stages, scope, parts.windows, "stages", layout.replicas
+        )
+        names = args.device
+        name = names[layout.local_rank] if len(names) > layout.local_rank else names[0]
+        if name == "auto" and torch.cuda.is_available():
+            name = f"cuda:{layout.local_rank}"
+        return Placement(groups, [pick_device(name)] * len(groups), layout)
+    devices = [pick_device(name) for name in args.device]
+    if len(devices) == 1 or args.mode == "e2e":
+        return Placement([range(len(parts.blocks))], devices[:1])
+    return Placement(
+        pipeline.schedule(costs, len(devices), scope, parts.windows, "devices"), devices
+    )
+
+
+def prepare(args: argparse.Namespace) -> tuple[Step, Placement]:
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = pick_device(args.device)
     parts = build(args.seed)
+    placement = place(args, parts)
+    layout, device = placement.layout, placement.devices[0]
+    if layout is not None:
+        pipeline.start(device, args.timeout)
     dataset = load_dataset(args, parts.num_classes)
     memory_format = torch.channels_last if args.channels_last else torch.preserve_format
-    for module in (parts.model, parts.auxiliaries):
-        module.to(device)
+    if layout is None and len(placement.groups) == 1:
+        moved: list[tuple[nn.Module, torch.device]] = [
+            (parts.model, device),
+            (parts.auxiliaries, device),
+        ]
+    else:
+        moved = [(parts.blocks[k], placement.device_of(k)) for k in placement.owned]
+        moved += [
+            (parts.auxiliaries[k], placement.device_of(k))
+            for k in placement.owned
+            if k < parts.last
+        ]
+    for module, where in moved:
+        module.to(where)
         module.to(memory_format=memory_format)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.precision)
     scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
@@ -290,101 +728,206 @@ def prepare(args: argparse.Namespace) -> tuple[Step, torch.device]:
     def autocast() -> Any:
         return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
+    per_epoch = dataset.steps_per_epoch(args.batch_size)
+    total = args.steps if args.steps is not None else args.epochs * per_epoch
+
+    def lr(step: int) -> float:
+        factor = optim.lr_factor(TRAINING["schedule"], step, total, per_epoch)
+        return float(TRAINING["optimizer"]["lr"] * factor)
+
     optimizers = make_optimizers(parts, args.mode)
-    trained = [parts.model] if args.mode == "e2e" else [parts.model, parts.auxiliaries]
+    trained = [parts.model] if args.mode == "e2e" else [module for module, _ in moved]
     tensors = [t for m in trained for t in itertools.chain(m.parameters(), m.buffers())]
     usage = Usage(device, tensors, live=not args.compile)
     allocator = Allocator(args.malloc, device)
-    step = Step(parts, optimizers, scaler, usage, allocator, autocast, dataset)
-    if args.compile:
-        parts.blocks = nn.ModuleList([torch.compile(b) for b in parts.blocks])  # type: ignore[misc]
-    return step, device
+    locals_: list[nn.Module] = [
+        Local(
+            torch.compile(block) if args.compile else block,  # type: ignore[arg-type]
+            parts.auxiliaries[k] if k < parts.last else None,
+        )
+        for k, block in enumerate(parts.blocks)
+    ]
+    if layout is not None and layout.replicas > 1:
+        locals_ = data_parallel(locals_, layout, placement.owned, device)
+    devices = [placement.device_of(k) for k in range(len(parts.blocks))]
+    random = pipeline.BlockRandom(
+        args.seed, len(parts.blocks), devices, layout.replica if layout else 0
+    )
+    step = Step(
+        parts,
+        locals_,
+        optimizers,
+        scaler,
+        usage,
+        allocator,
+        autocast,
+        dataset,
+        random,
+        lr,
+        total,
+        per_epoch,
+    )
+    step.latest = [None] * len(parts.blocks)
+    return step, placement
 
 
-def batches(s: Step, args: argparse.Namespace, start: int, total: int) -> Iterator[tuple[int, Any]]:
-    per_epoch = s.dataset.steps_per_epoch(args.batch_size)
-    step = start
-    while step < total:
-        epoch, skip = divmod(step, per_epoch)
-        for x, y in s.dataset.train_batches(epoch, args.batch_size, args.seed, skip):
-            yield step, (x, y)
-            step += 1
-            if step >= total:
-                return
+def data_parallel(
+    locals_: list[nn.Module], layout: pipeline.Layout, owned: range, device: torch.device
+) -> list[nn.Module]:
+    """This stage's blocks as DDP modules over the stage's replicas (every rank makes every
+    stage's group, as torch.distributed asks)."""
+    groups = [
+        dist.new_group(list(range(stage * layout.replicas, (stage + 1) * layout.replicas)))
+        for stage in range(layout.stages)
+    ]
+    ids = [device.index] if device.type == "cuda" else None
+    return [
+        DistributedDataParallel(local, device_ids=ids, process_group=groups[layout.stage])
+        if k in owned
+        else local
+        for k, local in enumerate(locals_)
+    ]
+
+
+def make_schedule(s: Step, args: argparse.Namespace, placement: Placement) -> Schedule:
+    if placement.layout is not None:
+        return Pipeline(s, args, placement.layout, placement.groups, placement.devices[0], s.total)
+    if len(placement.groups) > 1:
+        return Wavefront(s, args, placement.groups, placement.devices)
+    return Sequential(s, args, placement.devices[0])
+
+
+@torch.no_grad()
+def evaluate(schedule: Schedule, s: Step, args: argparse.Namespace) -> float:
+    """Test accuracy of the model (the chained blocks share its modules)."""
+    s.parts.model.eval()
+    try:
+        return schedule.evaluate(
+            itertools.islice(s.dataset.test_batches(args.batch_size), args.eval_batches)
+        )
+    finally:
+        s.parts.model.train()
 
 
 def train(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run training as the flags say; returns (and writes) the metrics."""
     args = parse_args(argv)
-    s, device = prepare(args)
-    per_epoch = s.dataset.steps_per_epoch(args.batch_size)
-    total = args.steps if args.steps is not None else args.epochs * per_epoch
+    s, placement = prepare(args)
+    schedule = make_schedule(s, args, placement)
+    layout = placement.layout
+    lead = layout is None or layout.rank == 0
     out = Path(args.out)
-    start = (
-        load_checkpoint(Path(args.resume or out / "checkpoint.pt"), s)
-        if args.resume is not None
-        else 0
-    )
-    run_step = local_step if args.mode == "local" else e2e_step
+    start = 0
+    if args.resume is not None:
+        state = load_checkpoint(Path(args.resume or out / "checkpoint.pt"), s)
+        start = int(state["step"])
+        if isinstance(schedule, Pipeline):
+            schedule.resume(state)
     times: list[float] = []
     evaluations: list[dict[str, Any]] = []
-    stats: list[tuple[torch.Tensor, ...]] = []
-    for step, (x, y) in batches(s, args, start, total):
-        lr = TRAINING["optimizer"]["lr"] * optim.lr_factor(
-            TRAINING["schedule"], step, total, per_epoch
-        )
-        for group in (g for optimizer in s.optimizers for g in optimizer.param_groups):
-            group["lr"] = lr
+    training_s, a = 0.0, start
+    for b in segments(args, start, s.total, s.per_epoch):
         began = time.perf_counter()
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with s.memory.step((x, y), s.optimizers):
-            stats = run_step(s, x, y)
-        times.append(time.perf_counter() - began)
-        if (step + 1) % args.log_every == 0 or step + 1 == total:
-            progress(step + 1, total, stats)
-        if (step + 1) % per_epoch == 0 or step + 1 == total:
-            acc = evaluate(s.parts.model, s, args, device)
-            evaluations.append({"step": step + 1, "test_accuracy": acc})
-            print(f"step {step + 1}: test accuracy {acc:.4f}", file=sys.stderr)
-        if saving(args, step + 1, per_epoch, total):
-            save_checkpoint(out / "checkpoint.pt", step + 1, s)
-    metrics = report(args, s, device, stats, evaluations, times, total)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    if args.export:
+        for step in schedule.run(a, b, times):
+            if (step + 1) % args.log_every == 0 or step + 1 == s.total:
+                progress(step + 1, s, placement)
+        training_s += time.perf_counter() - began
+        if b % s.per_epoch == 0 or b == s.total:
+            acc = evaluate(schedule, s, args)
+            evaluations.append({"step": b, "test_accuracy": acc})
+            if lead:
+                print(f"step {b}: test accuracy {acc:.4f}", file=sys.stderr)
+        if saving(args, b, s.per_epoch, s.total):
+            save(out / "checkpoint.pt", b, s, schedule)
+        a = b
+    schedule.close()
+    metrics = report(args, s, placement, evaluations, times, training_s, schedule)
+    if isinstance(schedule, Pipeline) and args.export:
+        whole = schedule.gather(s.total)
+        if whole is not None:
+            torch.save(whole["model"], args.export)
+    elif args.export:
         torch.save(s.parts.model.state_dict(), args.export)
-    print(
-        f"test accuracy {metrics['test_accuracy']}; {memory_line(metrics)}; {out / 'metrics.json'}"
-    )
+    if lead:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        print(
+            f"test accuracy {metrics['test_accuracy']}; {memory_line(metrics)}; "
+            f"{out / 'metrics.json'}"
+        )
+    if layout is not None:
+        dist.barrier()  # no rank leaves (taking its connections) while another still talks
+        dist.destroy_process_group()
     return metrics
+
+
+def save(path: Path, step: int, s: Step, schedule: Schedule) -> None:
+    if isinstance(schedule, Pipeline):
+        whole = schedule.gather(step)
+        if whole is not None:
+            checkpoint.write(path, whole)
+    else:
+        save_checkpoint(path, step, s)
 
 
 def report(
     args: argparse.Namespace,
     s: Step,
-    device: torch.device,
-    stats: list[tuple[torch.Tensor, ...]],
+    placement: Placement,
     evaluations: list[dict[str, Any]],
     times: list[float],
-    total: int,
+    training_s: float,
+    schedule: Schedule,
 ) -> dict[str, Any]:
-    """The metrics of a run (the keys of metrics.json)."""
-    return {
+    """The metrics of a run (the keys of metrics.json); under torchrun, of every rank."""
+    owned = range(len(s.latest))
+    mine = {
+        "rank": placement.layout.rank if placement.layout else 0,
+        "blocks": [k for k in owned if s.latest[k] is not None],
+        "device": [str(d) for d in placement.devices]
+        if placement.layout is None
+        else str(placement.devices[0]),
+        "block_losses": {k: float(v[0]) for k, v in enumerate(s.latest) if v is not None},
+        "block_accuracy": {k: float(v[1]) for k, v in enumerate(s.latest) if v is not None},
+        **s.memory.figures(),
+        "step_time_s": statistics.median(times) if times else None,
+        "training_s": training_s,
+    }
+    ranks = schedule.gather_report(mine) if isinstance(schedule, Pipeline) else [mine]
+    losses = {k: v for r in ranks for k, v in r["block_losses"].items()}
+    accs = {k: v for r in ranks for k, v in r["block_accuracy"].items()}
+    slowest = max(r["training_s"] for r in ranks)
+    metrics = {
         "mode": args.mode,
         "data": args.data,
-        "steps": total,
+        "steps": s.total,
         "batch_size": args.batch_size,
         "seed": args.seed,
-        "device": str(device),
+        "device": mine["device"] if len(ranks) == 1 else [r["device"] for r in ranks],
         "precision": args.precision,
-        "block_losses": [float(loss) for loss, _ in stats],
-        "block_accuracy": [float(acc) for _, acc in stats],
+        "block_losses": [losses[k] for k in sorted(losses)],
+        "block_accuracy": [accs[k] for k in sorted(accs)],
         "test_accuracy": evaluations[-1]["test_accuracy"] if evaluations else None,
         "evaluations": evaluations,
-        **s.memory.figures(),
+        **{
+            key: max_or_none(r[key] for r in ranks)
+            for key in ("peak_memory_bytes", "peak_tensor_bytes", "peak_rss_bytes")
+        },
+        "peak_memory_method": mine["peak_memory_method"],
+        "peak_tensor_method": mine["peak_tensor_method"],
         "malloc": s.allocator.mode,
-        "step_time_s": statistics.median(times) if times else None,
+        "step_time_s": max_or_none(r["step_time_s"] for r in ranks),
+        "samples_per_s": args.batch_size * len(times) / slowest if slowest > 0 else None,
+        "schedule": type(schedule).__name__.lower(),
+        "groups": [[g.start, g.stop - 1] for g in placement.groups],
+        "ranks": ranks if len(ranks) > 1 else [],
     }
+    return metrics
+
+
+def max_or_none(values: Iterator[Any]) -> Any:
+    found = [v for v in values if v is not None]
+    return max(found) if found else None
 
 
 def memory_line(metrics: dict[str, Any]) -> str:
@@ -409,18 +952,32 @@ def saving(args: argparse.Namespace, step: int, per_epoch: int, total: int) -> b
     return every or step % per_epoch == 0 or step == total
 
 
-def progress(step: int, total: int, stats: list[tuple[torch.Tensor, ...]]) -> None:
+def progress(step: int, s: Step, placement: Placement) -> None:
+    stats = [v for v in s.latest if v is not None]
     losses = " ".join(f"{float(loss):.3f}" for loss, _ in stats)
     accs = " ".join(f"{float(acc):.2f}" for _, acc in stats)
-    end = "\r" if sys.stderr.isatty() and step < total else "\n"
-    print(f"step {step}/{total} | loss {losses} | acc {accs}", end=end, file=sys.stderr)
+    layout = placement.layout
+    where = ""
+    if layout is not None:
+        blocks = placement.owned
+        where = f"rank {layout.rank} stage {layout.stage} blocks {blocks[0]}-{blocks[-1]} | "
+    end = "\r" if sys.stderr.isatty() and step < s.total and layout is None else "\n"
+    print(f"{where}step {step}/{s.total} | loss {losses} | acc {accs}", end=end, file=sys.stderr)
 
 
 def main() -> None:
     try:
         train()
-    except (ConfigError, data.DataError, checkpoint.CheckpointError) as error:
+    except (
+        ConfigError,
+        data.DataError,
+        checkpoint.CheckpointError,
+        pipeline.ScheduleError,
+    ) as error:
         sys.exit(f"error: {error}")
+    except pipeline.PipelineError as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        os._exit(1)  # the process group cannot shut down cleanly without its peer
 
 
 if __name__ == "__main__":
