@@ -56,7 +56,11 @@ def run(package: Path, out: Path, world: int, args: list[str], threads: int) -> 
                     "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1",
                     "MASTER_PORT": str(port)}  # fmt: skip
         command = [sys.executable, "train.py", *common, "--threads", str(threads)]
-        procs.append(subprocess.Popen(command, cwd=package, env=env, stderr=subprocess.PIPE))
+        procs.append(
+            subprocess.Popen(
+                command, cwd=package, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            )
+        )
     for p in procs:
         _, err = p.communicate(timeout=3600)
         if p.returncode:

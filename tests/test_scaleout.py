@@ -477,3 +477,20 @@ def test_a_hung_rank_times_out_the_others(packages: dict[str, Path], tmp_path: P
         procs[1].communicate()
     assert code == 1 and "error: rank 0 (stage 0) lost contact with rank 1" in output, output
     assert "Timed out" in output
+
+
+def test_data_parallel_resume_restores_every_replicas_generators(
+    packages: dict[str, Path], tmp_path: Path
+) -> None:
+    """Two stages of two replicas with dropout: each replica draws its own masks, and a
+    checkpoint keeps every replica's generators, so 3 steps + a resume to 6 equal 6 steps."""
+    package, stages = packages["conv"], ["--stages", "2"]
+    whole = ["--steps", "6", "--no-checkpoint", "--out", str(tmp_path / "a")]
+    run_ranks(package, 4, [*stages, *whole, "--export", str(tmp_path / "whole.pt")])
+    run_ranks(package, 4, [*stages, "--steps", "3", "--out", str(tmp_path / "b")])
+    saved = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
+    assert set(saved["replica_rng"]) == {1} and set(saved["replica_rng"][1]) == set(range(5))
+    assert not torch.equal(saved["replica_rng"][1][0]["cpu"], saved["block_rng"][0]["cpu"])
+    resumed = ["--steps", "6", "--resume", "--out", str(tmp_path / "b")]
+    run_ranks(package, 4, [*stages, *resumed, "--export", str(tmp_path / "resumed.pt")])
+    assert same(weights(tmp_path / "resumed.pt"), weights(tmp_path / "whole.pt"))

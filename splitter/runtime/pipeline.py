@@ -216,11 +216,49 @@ def layout_from_environment(stages: int | None) -> Layout:
 
 
 def start(device: torch.device, timeout_s: float) -> None:
-    """Join the process group: NCCL between GPUs, gloo on CPU."""
+    """Join the process group: NCCL between GPUs, gloo on CPU. NCCL waits block (and time
+    out) like gloo's, so a lost peer raises on every backend."""
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
+        os.environ.setdefault("TORCH_NCCL_BLOCKING_WAIT", "1")
     dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+
+
+@dataclass
+class Groups:
+    """The process groups besides the default one (its point-to-point channel carries the
+    activations): every rank creates them all, in the same order, as torch.distributed asks."""
+
+    objects: Any
+    """gloo over every rank: checkpoint and metrics gathering, the test-accuracy sum, on the
+    CPU whatever the devices."""
+    stage: Any | None
+    """This stage's data-parallel replicas (DDP), when there are several."""
+    sources: dict[tuple[int, int], Any]
+    """Per pair of neighbouring ranks whose boundary has a `momentum` auxiliary, the channel of
+    its source parameters: its own communicator, so on NCCL it is not queued behind the
+    activations going the other way."""
+
+    @staticmethod
+    def make(layout: Layout, boundaries: Sequence[int]) -> Groups:
+        """`boundaries`: the stages whose last block's auxiliary reads the next stage."""
+        objects = dist.new_group(backend="gloo")
+        replicas = layout.replicas
+        stages = [
+            dist.new_group(list(range(st * replicas, (st + 1) * replicas)))
+            for st in range(layout.stages)
+            if replicas > 1
+        ]
+        sources = {}
+        for st in boundaries:
+            for replica in range(replicas):
+                pair = (st * replicas + replica, (st + 1) * replicas + replica)
+                sources[pair] = dist.new_group(list(pair))
+        return Groups(objects, stages[layout.stage] if stages else None, sources)
+
+    def source(self, a: int, b: int) -> Any:
+        return self.sources[(min(a, b), max(a, b))]
 
 
 # ---------------------------------------------------------------- messages between stages
@@ -244,23 +282,32 @@ class Link:
     preceded by a header of their dtypes and shapes (an empty list ends a stream). At most one
     message is in flight: the next send waits for the previous one, so a lost peer shows up."""
 
-    def __init__(self, layout: Layout, peer: int, device: torch.device) -> None:
-        self.layout, self.peer, self.device = layout, peer, device
+    def __init__(
+        self, layout: Layout, peer: int, device: torch.device, group: Any | None = None
+    ) -> None:
+        self.layout, self.peer, self.device, self.group = layout, peer, device, group
         self.pending: list[Any] = []
         self.keep: list[torch.Tensor] = []
 
     def send(self, tensors: Sequence[torch.Tensor], what: str) -> None:
         self.wait(what)
         header = torch.zeros(1 + _SLOTS * _MOST, dtype=torch.int64)
+        if len(tensors) > _MOST:
+            raise PipelineError(f"a message holds at most {_MOST} tensors, not {len(tensors)}")
         header[0] = len(tensors)
         for i, t in enumerate(tensors):
+            if t.dtype not in _DTYPES or t.dim() > _SLOTS - 2:
+                raise PipelineError(
+                    f"{what}: a {t.dtype} tensor of shape {list(t.shape)} cannot go between "
+                    f"ranks (at most {_SLOTS - 2} dimensions, dtypes {_DTYPES})"
+                )
             slot = 1 + _SLOTS * i
             header[slot] = _DTYPES.index(t.dtype)
             header[slot + 1] = t.dim()
             header[slot + 2 : slot + 2 + t.dim()] = torch.tensor(t.shape, dtype=torch.int64)
         self.keep = [header.to(self.device), *(t.detach().contiguous() for t in tensors)]
         with self.guard(what):
-            self.pending = [dist.isend(t, self.peer) for t in self.keep]
+            self.pending = [dist.isend(t, self.peer, group=self.group) for t in self.keep]
 
     def wait(self, what: str) -> None:
         with self.guard(what):
@@ -269,18 +316,20 @@ class Link:
         self.pending, self.keep = [], []
 
     def receive(self, what: str) -> list[torch.Tensor]:
+        """The tensors of the next message, contiguous (the sender's memory format is not
+        sent: the receiver restores it)."""
         header = torch.zeros(1 + _SLOTS * _MOST, dtype=torch.int64, device=self.device)
         with self.guard(what):
-            dist.recv(header, self.peer)
-            found = []
-            values = header.tolist()
-            for i in range(int(values[0])):
-                slot = 1 + _SLOTS * i
-                ndim = int(values[slot + 1])
-                shape = [int(v) for v in values[slot + 2 : slot + 2 + ndim]]
-                t = torch.empty(shape, dtype=_DTYPES[int(values[slot])], device=self.device)
-                dist.recv(t, self.peer)
-                found.append(t)
+            dist.recv(header, self.peer, group=self.group)
+        values = header.tolist()
+        found = []
+        for i in range(int(values[0])):
+            slot = 1 + _SLOTS * i
+            shape = [int(v) for v in values[slot + 2 : slot + 2 + int(values[slot + 1])]]
+            t = torch.empty(shape, dtype=_DTYPES[int(values[slot])], device=self.device)
+            with self.guard(what):
+                dist.recv(t, self.peer, group=self.group)
+            found.append(t)
         return found
 
     def guard(self, what: str) -> Any:

@@ -415,11 +415,10 @@ class Pipeline:
         layout: pipeline.Layout,
         groups: list[range],
         device: torch.device,
-        total: int,
+        channels: pipeline.Groups,
     ) -> None:
         self.s, self.args, self.layout, self.device = s, args, layout, device
-        self.mine = groups[layout.stage]
-        self.start, self.total = 0, total
+        self.mine, self.channels, self.start = groups[layout.stage], channels, 0
         before, after = layout.previous, layout.next
         self.before = pipeline.Link(layout, before, device) if before is not None else None
         self.after = pipeline.Link(layout, after, device) if after is not None else None
@@ -430,12 +429,12 @@ class Pipeline:
         self.mirror: pipeline.SourceMirror | None = None
         last, first = self.mine[-1], self.mine[0]
         if after is not None and isinstance(auxiliaries[last], Momentum):
-            link = pipeline.Link(layout, after, device)
+            link = pipeline.Link(layout, after, device, channels.source(layout.rank, after))
             self.mirror = pipeline.SourceMirror(link, auxiliaries[last].source, device)
             auxiliaries[last].source = self.mirror.tensors
             s.before_ema[last] = self.receive_source
         if before is not None and isinstance(auxiliaries[first - 1], Momentum):
-            link = pipeline.Link(layout, before, device)
+            link = pipeline.Link(layout, before, device, channels.source(layout.rank, before))
             self.sender = pipeline.SourceSender(link, auxiliaries[first - 1].source)
 
     def receive_source(self, step: int | None) -> None:
@@ -462,6 +461,8 @@ class Pipeline:
             x, y = self.share(x).to(self.device), self.share(y).to(self.device)
             return Flight(step, x, y, self.s.dataset.unnormalise(x), [x])
         x, y, *image = self.before.receive(f"receiving the activations of step {step}")
+        if self.args.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         return Flight(step, x, y, image[0] if image else x.new_empty(0), [x])
 
     def run(self, a: int, b: int, times: list[float]) -> Iterator[int]:
@@ -470,7 +471,7 @@ class Pipeline:
         for step in range(a, b):
             began = time.perf_counter()
             if self.sender is not None:
-                self.sender.send(step, needed=step + 1 < self.total)
+                self.sender.send(step, needed=step + 1 < s.total)
             f = self.flight(step, steps)
             with s.memory.step((f.x, f.y), s.optimizers):
                 for k in self.mine:
@@ -485,7 +486,7 @@ class Pipeline:
     def evaluate(self, test: Iterator[Any]) -> float:
         """The test batches flow through the stages like training batches; the last stage
         counts what its replica got right, and every rank learns the total."""
-        counts = torch.zeros(2, dtype=torch.int64, device=self.device)
+        counts = torch.zeros(2, dtype=torch.int64)
         while (message := self.next_test(test)) is not None:
             x, y = message
             for k in self.mine:
@@ -493,13 +494,12 @@ class Pipeline:
             if self.after is not None:
                 self.after.send([x, y], "sending test activations")
             else:
-                counts += torch.stack(
-                    [(select_output(x).argmax(dim=1) == y).sum(), y.new_tensor(len(y))]
-                )
+                right = int((select_output(x).argmax(dim=1) == y).sum())
+                counts += torch.tensor([right, len(y)])
         if self.after is not None:
             self.after.send([], "ending the test stream")
         with pipeline.guard(self.layout, "the other ranks", "adding up the test accuracy"):
-            dist.all_reduce(counts)
+            dist.all_reduce(counts, group=self.channels.objects)
         return int(counts[0]) / max(1, int(counts[1]))
 
     def next_test(self, test: Iterator[Any]) -> list[torch.Tensor] | None:
@@ -509,14 +509,18 @@ class Pipeline:
         message = self.before.receive("receiving test activations")
         return message or None
 
-    def gather(self, step: int) -> dict[str, Any] | None:
-        """Every stage's part of a checkpoint, merged on rank 0 (None elsewhere)."""
-        layout = self.layout
-        part = None
+    def gather(self, step: int, model_only: bool = False) -> dict[str, Any] | None:
+        """Every stage's part of a checkpoint (or only of the model's state_dict), merged on
+        rank 0 (None elsewhere). The replicas of a stage hold the same weights; only their
+        random generators differ."""
+        layout, s = self.layout, self.s
+        part: dict[str, Any] | None = None
         if layout.replica == 0:
-            part = stage_state(self.s, step, self.mine, layout.stage == 0, self.sources())
+            part = stage_state(s, step, self.mine, self.sources(), layout.stage, model_only)
+        elif not model_only:
+            part = {"replica_rng": {layout.replica: {k: s.random.state(k) for k in self.mine}}}
         parts = self.collect(part, "gathering a checkpoint")
-        return merge([p for p in parts if p is not None]) if parts else None
+        return merge([p for p in parts if p is not None]) if parts is not None else None
 
     def gather_report(self, mine: dict[str, Any]) -> list[dict[str, Any]]:
         """Every rank's metrics (on rank 0; elsewhere only this rank's)."""
@@ -525,7 +529,7 @@ class Pipeline:
     def collect(self, value: Any, what: str) -> list[Any] | None:
         found: list[Any] | None = [None] * self.layout.world if self.layout.rank == 0 else None
         with pipeline.guard(self.layout, "the other ranks", what):
-            dist.gather_object(value, found, dst=0)
+            dist.gather_object(value, found, dst=0, group=self.channels.objects)
         return found
 
     def close(self) -> None:
@@ -556,65 +560,88 @@ def batches(s: Step, args: argparse.Namespace, start: int, total: int) -> Iterat
                 return
 
 
-Schedule = Sequential | Pipeline
+Schedule = Sequential | Pipeline  # a Wavefront is a Sequential
 
 
 # ---------------------------------------------------------------- checkpoints
 
 
 def stage_state(
-    s: Step, step: int, owned: range, whole: bool, sources: dict[int, torch.Tensor]
+    s: Step,
+    step: int,
+    owned: range,
+    sources: dict[int, torch.Tensor],
+    stage: int = 0,
+    model_only: bool = False,
 ) -> dict[str, Any]:
-    """What blocks `owned` contribute to a checkpoint (`whole`: the entire model and every
-    auxiliary, which the other stages' parts then overwrite)."""
+    """What blocks `owned` contribute to a checkpoint, on the CPU. Stage 0 also gives the rest
+    of the model (modules no block runs) and every auxiliary, which the owners' parts then
+    overwrite."""
+    whole = stage == 0
     keys = {key for k in owned for key in s.parts.blocks[k].state_dict()}
-    prefixes = tuple(f"{k}." for k in owned)
-    state = {
-        "step": step,
-        "model": {k: v for k, v in s.parts.model.state_dict().items() if whole or k in keys},
-        "auxiliaries": {
-            k: v
-            for k, v in s.parts.auxiliaries.state_dict().items()
-            if whole or k.startswith(prefixes)
-        },
-        "optimizers": {
-            k: s.optimizers[k].state_dict()
-            for k in (owned if s.per_block else range(len(s.optimizers)))
-        },
-        "block_rng": {k: s.random.state(k) for k in owned},
-        "sources": sources,
-        "scaler": s.scaler.state_dict(),
+    state: dict[str, Any] = {
+        "model": {k: v for k, v in s.parts.model.state_dict().items() if whole or k in keys}
     }
+    if not model_only:
+        prefixes = tuple(f"{k}." for k in owned)
+        auxiliaries = s.parts.auxiliaries.state_dict().items()
+        optimizers = owned if s.per_block else range(len(s.optimizers))
+        state |= {
+            "step": step,
+            "auxiliaries": {k: v for k, v in auxiliaries if whole or k.startswith(prefixes)},
+            "optimizers": {k: s.optimizers[k].state_dict() for k in optimizers},
+            "block_rng": {k: s.random.state(k) for k in owned},
+            "sources": sources,
+            "scaler": {stage: s.scaler.state_dict()},
+        }
     return pytree.tree_map_only(torch.Tensor, lambda t: t.detach().cpu(), state)  # type: ignore[no-any-return]
 
 
 def merge(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """One checkpoint from every stage's part, in the format of a single-process run."""
-    merged: dict[str, Any] = {"step": parts[0]["step"], "scaler": parts[0]["scaler"]}
-    for key in ("model", "auxiliaries", "optimizers", "block_rng", "sources"):
-        merged[key] = {k: v for part in parts for k, v in part[key].items()}
-    merged["optimizers"] = [merged["optimizers"][k] for k in sorted(merged["optimizers"])]
-    merged["block_rng"] = [merged["block_rng"][k] for k in sorted(merged["block_rng"])]
-    merged["rng"] = torch.get_rng_state()
-    merged["cuda_rng"] = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    """One checkpoint from every rank's part, in the format of a single-process run, plus
+    each stage's gradient scaler and the generators of data-parallel replicas beyond the
+    first (`replica_rng`)."""
+    merged: dict[str, Any] = {}
+    for part in parts:
+        for key, value in part.items():
+            if isinstance(value, dict) and key != "replica_rng":
+                merged.setdefault(key, {}).update(value)
+            elif key == "replica_rng":
+                for replica, generators in value.items():
+                    merged.setdefault(key, {}).setdefault(replica, {}).update(generators)
+            else:
+                merged[key] = value
+    if "optimizers" in merged:
+        merged["optimizers"] = [merged["optimizers"][k] for k in sorted(merged["optimizers"])]
+        merged["block_rng"] = [merged["block_rng"][k] for k in sorted(merged["block_rng"])]
+        merged.setdefault("replica_rng", {})
+        merged["rng"] = torch.get_rng_state()
+        merged["cuda_rng"] = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
     return merged
 
 
 def save_checkpoint(path: Path, step: int, s: Step) -> None:
-    everything = range(len(s.parts.blocks))
-    checkpoint.write(path, merge([stage_state(s, step, everything, True, {})]))
+    checkpoint.write(path, merge([stage_state(s, step, range(len(s.parts.blocks)), {})]))
 
 
-def load_checkpoint(path: Path, s: Step) -> dict[str, Any]:
-    """Restore the modules, optimizers, scaler and generators; the checkpoint's contents."""
+def load_checkpoint(
+    path: Path, s: Step, layout: pipeline.Layout | None = None, owned: range | None = None
+) -> dict[str, Any]:
+    """Restore the modules, optimizers (under torchrun: this stage's), gradient scaler and
+    generators (a data-parallel replica's own); the checkpoint's contents."""
     state: dict[str, Any] = checkpoint.read(path, len(s.optimizers))
     s.parts.model.load_state_dict(state["model"])
     s.parts.auxiliaries.load_state_dict(state["auxiliaries"])
-    for optimizer, saved in zip(s.optimizers, state["optimizers"], strict=True):
-        optimizer.load_state_dict(saved)
-    s.scaler.load_state_dict(state["scaler"])
+    mine = owned if owned is not None and s.per_block else range(len(s.optimizers))
+    for k in mine:
+        s.optimizers[k].load_state_dict(state["optimizers"][k])
+    scalers = state["scaler"]
+    s.scaler.load_state_dict(scalers.get(layout.stage if layout else 0, scalers[0]))
     for k, generators in enumerate(state["block_rng"]):
         s.random.load(k, generators)
+    if layout is not None and layout.replica > 0:
+        for k, generators in state["replica_rng"].get(layout.replica, {}).items():
+            s.random.load(k, generators)
     torch.set_rng_state(state["rng"])
     if state["cuda_rng"]:
         torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -661,6 +688,8 @@ class Placement:
     devices: list[torch.device]
     """The device of each group (under torchrun: this rank's, for every group)."""
     layout: pipeline.Layout | None = None
+    channels: pipeline.Groups | None = None
+    """Under torchrun: the process groups besides the default one."""
 
     @property
     def owned(self) -> range:
@@ -684,17 +713,42 @@ def place(args: argparse.Namespace, parts: Parts) -> Placement:
         groups = pipeline.schedule(
             costs, layout.stages, scope, parts.windows, "stages", layout.replicas
         )
-        names = args.device
-        name = names[layout.local_rank] if len(names) > layout.local_rank else names[0]
-        if name == "auto" and torch.cuda.is_available():
-            name = f"cuda:{layout.local_rank}"
-        return Placement(groups, [pick_device(name)] * len(groups), layout)
+        return Placement(groups, [rank_device(args.device, layout)] * len(groups), layout)
     devices = [pick_device(name) for name in args.device]
     if len(devices) == 1 or args.mode == "e2e":
         return Placement([range(len(parts.blocks))], devices[:1])
+    if len({d.type for d in devices}) > 1:
+        raise ConfigError(
+            f"--device {' '.join(args.device)}: a wavefront runs on devices of one kind (one "
+            "autocast, one kind of copy between them); list only GPUs or only cpu"
+        )
     return Placement(
         pipeline.schedule(costs, len(devices), scope, parts.windows, "devices"), devices
     )
+
+
+def rank_device(names: list[str], layout: pipeline.Layout) -> torch.device:
+    """This rank's device: `auto` or `cuda` is the GPU of its local rank (cpu without CUDA),
+    a list gives one device per local rank; one named GPU for several processes is refused."""
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", layout.world))
+    if len(names) > 1:
+        if len(names) < local:
+            raise ConfigError(
+                f"--device lists {len(names)} devices for {local} processes on this machine; "
+                "list one per process, or pass `--device cuda` (each its local rank's GPU)"
+            )
+        return pick_device(names[layout.local_rank])
+    name = names[0]
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        name = f"cuda:{layout.local_rank}"
+    elif name.startswith("cuda:") and local > 1:
+        raise ConfigError(
+            f"--device {name} for {local} processes on this machine: NCCL needs a GPU per "
+            "process; pass `--device cuda` (each its local rank's GPU) or one device per process"
+        )
+    return pick_device(name)
 
 
 def prepare(args: argparse.Namespace) -> tuple[Step, Placement]:
@@ -705,6 +759,12 @@ def prepare(args: argparse.Namespace) -> tuple[Step, Placement]:
     layout, device = placement.layout, placement.devices[0]
     if layout is not None:
         pipeline.start(device, args.timeout)
+        crossing = [
+            stage
+            for stage, group in enumerate(placement.groups[:-1])
+            if isinstance(parts.auxiliaries[group[-1]], Momentum)
+        ]
+        placement.channels = pipeline.Groups.make(layout, crossing)
     dataset = load_dataset(args, parts.num_classes)
     memory_format = torch.channels_last if args.channels_last else torch.preserve_format
     if layout is None and len(placement.groups) == 1:
@@ -747,8 +807,15 @@ def prepare(args: argparse.Namespace) -> tuple[Step, Placement]:
         )
         for k, block in enumerate(parts.blocks)
     ]
-    if layout is not None and layout.replicas > 1:
-        locals_ = data_parallel(locals_, layout, placement.owned, device)
+    if placement.channels is not None and placement.channels.stage is not None:
+        ids = [device.index] if device.type == "cuda" else None
+        for k in placement.owned:  # DDP over the stage's replicas
+            locals_[k] = DistributedDataParallel(
+                locals_[k],
+                device_ids=ids,
+                process_group=placement.channels.stage,
+                find_unused_parameters=True,  # e.g. an auxiliary classifier the loss ignores
+            )
     devices = [placement.device_of(k) for k in range(len(parts.blocks))]
     random = pipeline.BlockRandom(
         args.seed, len(parts.blocks), devices, layout.replica if layout else 0
@@ -771,27 +838,10 @@ def prepare(args: argparse.Namespace) -> tuple[Step, Placement]:
     return step, placement
 
 
-def data_parallel(
-    locals_: list[nn.Module], layout: pipeline.Layout, owned: range, device: torch.device
-) -> list[nn.Module]:
-    """This stage's blocks as DDP modules over the stage's replicas (every rank makes every
-    stage's group, as torch.distributed asks)."""
-    groups = [
-        dist.new_group(list(range(stage * layout.replicas, (stage + 1) * layout.replicas)))
-        for stage in range(layout.stages)
-    ]
-    ids = [device.index] if device.type == "cuda" else None
-    return [
-        DistributedDataParallel(local, device_ids=ids, process_group=groups[layout.stage])
-        if k in owned
-        else local
-        for k, local in enumerate(locals_)
-    ]
-
-
 def make_schedule(s: Step, args: argparse.Namespace, placement: Placement) -> Schedule:
-    if placement.layout is not None:
-        return Pipeline(s, args, placement.layout, placement.groups, placement.devices[0], s.total)
+    if placement.layout is not None and placement.channels is not None:
+        layout, channels = placement.layout, placement.channels
+        return Pipeline(s, args, layout, placement.groups, placement.devices[0], channels)
     if len(placement.groups) > 1:
         return Wavefront(s, args, placement.groups, placement.devices)
     return Sequential(s, args, placement.devices[0])
@@ -819,7 +869,8 @@ def train(argv: Sequence[str] | None = None) -> dict[str, Any]:
     out = Path(args.out)
     start = 0
     if args.resume is not None:
-        state = load_checkpoint(Path(args.resume or out / "checkpoint.pt"), s)
+        where = Path(args.resume or out / "checkpoint.pt")
+        state = load_checkpoint(where, s, placement.layout, placement.owned)
         start = int(state["step"])
         if isinstance(schedule, Pipeline):
             schedule.resume(state)
@@ -841,9 +892,10 @@ def train(argv: Sequence[str] | None = None) -> dict[str, Any]:
             save(out / "checkpoint.pt", b, s, schedule)
         a = b
     schedule.close()
-    metrics = report(args, s, placement, evaluations, times, training_s, schedule)
+    trained = (s.total - start, training_s)
+    metrics = report(args, s, placement, evaluations, times, trained, schedule)
     if isinstance(schedule, Pipeline) and args.export:
-        whole = schedule.gather(s.total)
+        whole = schedule.gather(s.total, model_only=True)
         if whole is not None:
             torch.save(whole["model"], args.export)
     elif args.export:
@@ -876,26 +928,29 @@ def report(
     placement: Placement,
     evaluations: list[dict[str, Any]],
     times: list[float],
-    training_s: float,
+    trained: tuple[int, float],
     schedule: Schedule,
 ) -> dict[str, Any]:
-    """The metrics of a run (the keys of metrics.json); under torchrun, of every rank."""
-    owned = range(len(s.latest))
+    """The metrics of a run (the keys of metrics.json); under torchrun, of every rank.
+    `trained`: the steps this run trained and the seconds its loop took (evaluation and
+    checkpoints left out); `times`: per step, or per wavefront tick."""
+    layout = placement.layout
+    stats = dict(enumerate(s.latest))
     mine = {
-        "rank": placement.layout.rank if placement.layout else 0,
-        "blocks": [k for k in owned if s.latest[k] is not None],
-        "device": [str(d) for d in placement.devices]
-        if placement.layout is None
-        else str(placement.devices[0]),
-        "block_losses": {k: float(v[0]) for k, v in enumerate(s.latest) if v is not None},
-        "block_accuracy": {k: float(v[1]) for k, v in enumerate(s.latest) if v is not None},
+        "rank": layout.rank if layout else 0,
+        "replica": layout.replica if layout else 0,
+        "blocks": list(placement.owned),
+        "device": ", ".join(str(d) for d in placement.devices[: 1 if layout else None]),
+        "block_losses": {k: float(v[0]) for k, v in stats.items() if v is not None},
+        "block_accuracy": {k: float(v[1]) for k, v in stats.items() if v is not None},
         **s.memory.figures(),
         "step_time_s": statistics.median(times) if times else None,
-        "training_s": training_s,
+        "training_s": trained[1],
     }
     ranks = schedule.gather_report(mine) if isinstance(schedule, Pipeline) else [mine]
-    losses = {k: v for r in ranks for k, v in r["block_losses"].items()}
-    accs = {k: v for r in ranks for k, v in r["block_accuracy"].items()}
+    firsts = [r for r in ranks if r["replica"] == 0]  # a replica's losses are on its slice
+    losses = {k: v for r in firsts for k, v in r["block_losses"].items()}
+    accs = {k: v for r in firsts for k, v in r["block_accuracy"].items()}
     slowest = max(r["training_s"] for r in ranks)
     metrics = {
         "mode": args.mode,
@@ -903,7 +958,7 @@ def report(
         "steps": s.total,
         "batch_size": args.batch_size,
         "seed": args.seed,
-        "device": mine["device"] if len(ranks) == 1 else [r["device"] for r in ranks],
+        "device": ", ".join(r["device"] for r in ranks),
         "precision": args.precision,
         "block_losses": [losses[k] for k in sorted(losses)],
         "block_accuracy": [accs[k] for k in sorted(accs)],
@@ -917,7 +972,7 @@ def report(
         "peak_tensor_method": mine["peak_tensor_method"],
         "malloc": s.allocator.mode,
         "step_time_s": max_or_none(r["step_time_s"] for r in ranks),
-        "samples_per_s": args.batch_size * len(times) / slowest if slowest > 0 else None,
+        "samples_per_s": args.batch_size * trained[0] / slowest if slowest > 0 else None,
         "schedule": type(schedule).__name__.lower(),
         "groups": [[g.start, g.stop - 1] for g in placement.groups],
         "ranks": ranks if len(ranks) > 1 else [],
