@@ -132,6 +132,17 @@ def run_one(package: Path, args: list[str]) -> None:
     assert done.returncode == 0, done.stderr
 
 
+def trained(package: Path, out: Path, world: int, *args: str) -> dict[str, torch.Tensor]:
+    """The exported weights of a run in `world` processes (1: a plain process), its
+    checkpoint and metrics in `out`."""
+    flags = [*args, "--out", str(out), "--export", str(out.with_suffix(".pt"))]
+    if world == 1:
+        run_one(package, flags)
+    else:
+        run_ranks(package, world, flags)
+    return weights(out.with_suffix(".pt"))
+
+
 def weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, weights_only=True)  # type: ignore[no-any-return]
 
@@ -293,6 +304,19 @@ def stage_boundary(package: Path, stages: int) -> int:
 # ---------------------------------------------------------------- failures and resuming
 
 
+def start_long_run(
+    package: Path, world: int, out: Path, timeout: int
+) -> list[subprocess.Popen[str]]:
+    """Ranks training far longer than a test, once their first checkpoint is on disk."""
+    flags = ["--steps", "100000", "--save-every", "10", "--timeout", str(timeout)]
+    procs = start_ranks(package, world, [*flags, "--out", str(out)])
+    deadline = time.monotonic() + 120
+    while not (out / "checkpoint.pt").exists():
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
+        time.sleep(0.02)
+    return procs
+
+
 def test_a_killed_rank_stops_the_others_and_resume_reaches_the_same_weights(
     packages: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -300,15 +324,7 @@ def test_a_killed_rank_stops_the_others_and_resume_reaches_the_same_weights(
     and 2 exit within the timeout with an error naming the lost rank. Resuming from the
     checkpoint to step 30 gives the weights of an uninterrupted 30-step run."""
     package, out = packages["conv"], tmp_path / "killed"
-    procs = start_ranks(
-        package,
-        3,
-        ["--steps", "100000", "--save-every", "10", "--timeout", "60", "--out", str(out)],
-    )
-    deadline = time.monotonic() + 120
-    while not (out / "checkpoint.pt").exists():
-        assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
-        time.sleep(0.02)
+    procs = start_long_run(package, 3, out, timeout=60)
     procs[1].send_signal(signal.SIGKILL)
     killed = time.monotonic()
     results = finish(procs, timeout=90)
@@ -398,19 +414,8 @@ def test_torchrun_starts_the_pipeline(packages: dict[str, Path], tmp_path: Path)
         timeout=240,
     )
     assert done.returncode == 0, done.stderr
-    run_one(
-        package,
-        [
-            "--steps",
-            "4",
-            "--no-checkpoint",
-            "--out",
-            str(tmp_path / "s"),
-            "--export",
-            str(tmp_path / "s.pt"),
-        ],
-    )
-    assert same(weights(tmp_path / "t.pt"), weights(tmp_path / "s.pt"))
+    single = trained(package, tmp_path / "s", 1, "--steps", "4", "--no-checkpoint")
+    assert same(weights(tmp_path / "t.pt"), single)
     metrics = json.loads((tmp_path / "t" / "metrics.json").read_text())
     assert metrics["schedule"] == "pipeline" and len(metrics["ranks"]) == 2
     assert len(metrics["block_losses"]) == 5 and metrics["samples_per_s"] > 0
@@ -422,35 +427,9 @@ def test_data_parallel_replicas_average_their_gradients(
     """Four processes, two stages of two DDP replicas, each replica on half of every batch:
     without BatchNorm or dropout the averaged gradient is the whole batch's, so the weights
     match the sequential run's up to float rounding."""
-    package = packages["plain"]
-    run_ranks(
-        package,
-        4,
-        [
-            "--stages",
-            "2",
-            "--steps",
-            "4",
-            "--no-checkpoint",
-            "--out",
-            str(tmp_path / "d"),
-            "--export",
-            str(tmp_path / "ddp.pt"),
-        ],
-    )
-    run_one(
-        package,
-        [
-            "--steps",
-            "4",
-            "--no-checkpoint",
-            "--out",
-            str(tmp_path / "s"),
-            "--export",
-            str(tmp_path / "s.pt"),
-        ],
-    )
-    ddp, single = weights(tmp_path / "ddp.pt"), weights(tmp_path / "s.pt")
+    package, steps = packages["plain"], ("--steps", "4", "--no-checkpoint")
+    ddp = trained(package, tmp_path / "d", 4, "--stages", "2", *steps)
+    single = trained(package, tmp_path / "s", 1, *steps)
     assert all(torch.allclose(ddp[k], single[k], atol=1e-5) for k in ddp)
     metrics = json.loads((tmp_path / "d" / "metrics.json").read_text())
     assert len(metrics["ranks"]) == 4
@@ -459,16 +438,7 @@ def test_data_parallel_replicas_average_their_gradients(
 def test_a_hung_rank_times_out_the_others(packages: dict[str, Path], tmp_path: Path) -> None:
     """A rank that stops answering (SIGSTOP) is given `--timeout` seconds, then its peer
     exits with an error naming it."""
-    out = tmp_path / "hung"
-    procs = start_ranks(
-        packages["conv"],
-        2,
-        ["--steps", "100000", "--save-every", "10", "--timeout", "5", "--out", str(out)],
-    )
-    deadline = time.monotonic() + 120
-    while not (out / "checkpoint.pt").exists():
-        assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
-        time.sleep(0.02)
+    procs = start_long_run(packages["conv"], 2, tmp_path / "hung", timeout=5)
     procs[1].send_signal(signal.SIGSTOP)
     try:
         code, output = finish(procs[:1], timeout=60)[0]
