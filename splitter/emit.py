@@ -6,6 +6,7 @@ import importlib.metadata
 import json
 import textwrap
 from collections.abc import Mapping
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,6 @@ from splitter.codegen import Imports, ModuleSource, module_source
 from splitter.costs import output_shape
 from splitter.errors import SplitterError
 from splitter.modelsource import ModelSource
-from splitter.partitioner import block_flops
 from splitter.plan import Plan
 from splitter.runtime.checkpoint import fingerprint
 
@@ -204,7 +204,7 @@ class Viewer:
             "num_classes": out[-1] if out else 10,
             "fingerprint": fingerprint(self.analysis.model.module),
             # what groups blocks onto devices and pipeline stages (the cost model's FLOPs)
-            "block_flops": block_flops(self.analysis, self.plan.cuts),
+            "block_flops": [self.aux.costs.flops(i, j) for i, j in pairwise(self.aux.bounds)],
             "splitter": version,
             **{name: _version(name) for name in ("torch", "torchvision", "timm")},
         }

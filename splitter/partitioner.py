@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -167,15 +166,6 @@ def evaluate(analysis: Analysis, cuts: Sequence[CutPoint], settings: Settings) -
     boundary = {c.index: i + 1 for i, c in enumerate(analysis.cuts.cuts)}
     bounds = [0, *(boundary[c.index] for c in cuts), model.boundaries]
     return _result(model, "memory", bounds)
-
-
-def block_flops(analysis: Analysis, cuts: Sequence[CutPoint]) -> list[int]:
-    """The forward FLOPs of each block of a split (they do not depend on the auxiliaries):
-    what the emitted trainer balances devices and pipeline stages by."""
-    model = CostModel(analysis, Settings())
-    boundary = {c.index: i + 1 for i, c in enumerate(analysis.cuts.cuts)}
-    bounds = [0, *(boundary[c.index] for c in cuts), model.boundaries]
-    return [model.flops(i, j) for i, j in itertools.pairwise(bounds)]
 
 
 def settings_from(spec: SplitSpec | None, aux: str | None, optimizer: str | None) -> Settings:

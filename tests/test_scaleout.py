@@ -195,7 +195,7 @@ def test_a_world_the_stages_do_not_divide_is_refused(monkeypatch: pytest.MonkeyP
         pipeline.layout_from_environment(2)
     layout = pipeline.Layout(rank=3, world=4, stages=2)
     assert (layout.stage, layout.replica, layout.previous, layout.next) == (1, 1, 1, None)
-    assert layout.stage_ranks() == [2, 3]
+    assert layout.ranks_of(layout.stage) == [2, 3]
 
 
 def test_ranks_refuse_the_global_scope_with_the_fix(tmp_path: Path) -> None:

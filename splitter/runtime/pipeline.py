@@ -194,8 +194,9 @@ class Layout:
     def next(self) -> int | None:
         return self.rank + self.replicas if self.stage < self.stages - 1 else None
 
-    def stage_ranks(self) -> list[int]:
-        return [self.stage * self.replicas + r for r in range(self.replicas)]
+    def ranks_of(self, stage: int) -> list[int]:
+        """The ranks of a stage's replicas."""
+        return [stage * self.replicas + r for r in range(self.replicas)]
 
 
 def launched() -> bool:
@@ -246,14 +247,11 @@ class Groups:
         objects = dist.new_group(backend="gloo")
         replicas = layout.replicas
         stages = [
-            dist.new_group(list(range(st * replicas, (st + 1) * replicas)))
-            for st in range(layout.stages)
-            if replicas > 1
+            dist.new_group(layout.ranks_of(st)) for st in range(layout.stages) if replicas > 1
         ]
         sources = {}
         for st in boundaries:
-            for replica in range(replicas):
-                pair = (st * replicas + replica, (st + 1) * replicas + replica)
+            for pair in zip(layout.ranks_of(st), layout.ranks_of(st + 1), strict=True):
                 sources[pair] = dist.new_group(list(pair))
         return Groups(objects, stages[layout.stage] if stages else None, sources)
 
@@ -351,6 +349,11 @@ def guard(layout: Layout, peer: str, what: str) -> Iterator[None]:
         ) from error
 
 
+def flatten(params: Sequence[torch.Tensor]) -> torch.Tensor:
+    """One flat copy of the parameters (what goes between ranks)."""
+    return torch.cat([p.detach().reshape(-1) for p in params])
+
+
 class SourceSender:
     """The owner of a `momentum` source unit sends its parameters to the rank before it once
     per step, at the start of the step (before this step's update): rank r receives at step
@@ -360,13 +363,10 @@ class SourceSender:
 
     def __init__(self, link: Link, params: Sequence[torch.Tensor]) -> None:
         self.link, self.params = link, list(params)
-        self.last = self.flat()
-
-    def flat(self) -> torch.Tensor:
-        return torch.cat([p.detach().reshape(-1) for p in self.params])
+        self.last = flatten(self.params)
 
     def send(self, step: int, needed: bool) -> None:
-        self.last = self.flat()
+        self.last = flatten(self.params)
         if needed:
             self.link.send([self.last], f"sending the momentum source parameters of step {step}")
 
@@ -393,5 +393,5 @@ class SourceMirror:
         """After a resume: the copy a checkpoint kept, or (a checkpoint of a single-process
         run has none) the source's parameters as loaded."""
         if flat is None:
-            flat = torch.cat([p.detach().reshape(-1) for p in self.params])
+            flat = flatten(self.params)
         self.load(flat.to(self.tensors[0].device))

@@ -321,10 +321,6 @@ class Sequential:
     def __init__(self, s: Step, args: argparse.Namespace, device: torch.device) -> None:
         self.s, self.args, self.device = s, args, device
 
-    def flight(self, step: int, x: torch.Tensor, y: torch.Tensor) -> Flight:
-        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-        return Flight(step, x, y, self.s.dataset.unnormalise(x), [x])
-
     def run(self, a: int, b: int, times: list[float]) -> Iterator[int]:
         """Train on steps a..b-1; yields each step once every block has trained on it."""
         s = self.s
@@ -363,6 +359,10 @@ class Wavefront(Sequential):
     ) -> None:
         super().__init__(s, args, devices[0])
         self.groups, self.devices = groups, devices
+
+    def flight(self, step: int, x: torch.Tensor, y: torch.Tensor) -> Flight:
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        return Flight(step, x, y, self.s.dataset.unnormalise(x), [x])
 
     def run(self, a: int, b: int, times: list[float]) -> Iterator[int]:
         s, width = self.s, len(self.groups)
@@ -549,10 +549,9 @@ def segments(args: argparse.Namespace, start: int, total: int, per_epoch: int) -
 
 
 def batches(s: Step, args: argparse.Namespace, start: int, total: int) -> Iterator[tuple[int, Any]]:
-    per_epoch = s.dataset.steps_per_epoch(args.batch_size)
     step = start
     while step < total:
-        epoch, skip = divmod(step, per_epoch)
+        epoch, skip = divmod(step, s.per_epoch)
         for x, y in s.dataset.train_batches(epoch, args.batch_size, args.seed, skip):
             yield step, (x, y)
             step += 1
@@ -578,10 +577,13 @@ def stage_state(
     of the model (modules no block runs) and every auxiliary, which the owners' parts then
     overwrite."""
     whole = stage == 0
-    keys = {key for k in owned for key in s.parts.blocks[k].state_dict()}
-    state: dict[str, Any] = {
-        "model": {k: v for k, v in s.parts.model.state_dict().items() if whole or k in keys}
-    }
+    blocks = s.parts.blocks
+    model = (
+        s.parts.model.state_dict()
+        if whole
+        else {key: v for k in owned for key, v in blocks[k].state_dict().items()}
+    )  # a block's state_dict keys are the model's own
+    state: dict[str, Any] = {"model": model}
     if not model_only:
         prefixes = tuple(f"{k}." for k in owned)
         auxiliaries = s.parts.auxiliaries.state_dict().items()
@@ -604,11 +606,11 @@ def merge(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
     merged: dict[str, Any] = {}
     for part in parts:
         for key, value in part.items():
-            if isinstance(value, dict) and key != "replica_rng":
-                merged.setdefault(key, {}).update(value)
-            elif key == "replica_rng":
+            if key == "replica_rng":
                 for replica, generators in value.items():
                     merged.setdefault(key, {}).setdefault(replica, {}).update(generators)
+            elif isinstance(value, dict):
+                merged.setdefault(key, {}).update(value)
             else:
                 merged[key] = value
     if "optimizers" in merged:
