@@ -449,6 +449,7 @@ def test_a_hung_rank_times_out_the_others(packages: dict[str, Path], tmp_path: P
     assert "Timed out" in output
 
 
+@pytest.mark.slow  # three runs of four processes: about 30 s
 def test_data_parallel_resume_restores_every_replicas_generators(
     packages: dict[str, Path], tmp_path: Path
 ) -> None:
