@@ -20,7 +20,7 @@ from pathlib import Path
 from digits_accuracy import CUTS
 
 from splitter import ModelOptions, analyze
-from splitter.partitioner import evaluate, partition_blocks, settings_from
+from splitter.partitioning.partitioner import evaluate, partition_blocks, settings_from
 
 RESNET32 = Path(__file__).resolve().parent.parent / "examples" / "resnet_cifar" / "model.py"
 MODELS = ["resnet50", "resnet101", "resnet152", "vit_b_16", "densenet121", "efficientnet_b0"]

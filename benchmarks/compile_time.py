@@ -18,13 +18,13 @@ import time
 from pathlib import Path
 
 from schemas import parse_spec
-from splitter.analysis import analyze
-from splitter.compiler import GENERATED, write_package
-from splitter.emit import package_files
-from splitter.modelref import ModelOptions
-from splitter.modelsource import model_source
-from splitter.partitioner import partition_blocks, settings_from
-from splitter.plan import plan_for
+from splitter.analysis.model import analyze
+from splitter.codegen.emit import GENERATED, package_files
+from splitter.codegen.modelsource import model_source
+from splitter.codegen.writer import write_package
+from splitter.frontend.modelref import ModelOptions
+from splitter.partitioning.partitioner import partition_blocks, settings_from
+from splitter.partitioning.plan import plan_for
 
 MODELS = ["resnet152", "vit_l_16", "densenet201", "efficientnet_v2_l", "maxvit_t"]
 

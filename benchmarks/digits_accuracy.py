@@ -21,8 +21,8 @@ from typing import Any
 
 import yaml
 
-from splitter.compiler import compile_package
-from splitter.modelref import ModelOptions
+from splitter.api import compile_package
+from splitter.frontend.modelref import ModelOptions
 from splitter.package import load_package
 
 ROOT = Path(__file__).resolve().parent.parent

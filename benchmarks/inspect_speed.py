@@ -70,7 +70,7 @@ def accuracy_table(models: list[str], batch: int) -> None:
     import torch
 
     from splitter import ModelOptions, analyze
-    from splitter.annotate import measure_saved_bytes
+    from splitter.frontend.annotate import measure_saved_bytes
 
     print(
         f"\n| model (batch {batch}, 3x224x224) | estimated MiB (fake) | measured MiB "

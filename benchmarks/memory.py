@@ -32,9 +32,9 @@ from typing import Any
 
 import yaml
 
-from splitter.compiler import compile_package
-from splitter.modelref import ModelOptions
-from splitter.report import plan_partition
+from splitter.api import compile_package
+from splitter.frontend.modelref import ModelOptions
+from splitter.report.tables import plan_partition
 
 RESNET_CIFAR = Path(__file__).resolve().parent.parent / "examples" / "resnet_cifar" / "model.py"
 IDLE = (

@@ -32,8 +32,8 @@ from pathlib import Path
 import torch
 from digits_accuracy import spec_text
 
-from splitter.compiler import compile_package
-from splitter.modelref import ModelOptions
+from splitter.api import compile_package
+from splitter.frontend.modelref import ModelOptions
 
 AUX = {"linear": {"kind": "linear"}, "momentum": {"kind": "momentum"}}
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from digits_accuracy import METHODS, spec_text
 
-from splitter.compiler import compile_package
-from splitter.modelref import ModelOptions
+from splitter.api import compile_package
+from splitter.frontend.modelref import ModelOptions
 from splitter.package import load_package
 
 

@@ -24,7 +24,7 @@ from cli.options import (
     PrecisionOpt,
     model_options,
 )
-from splitter.errors import SplitterError, UsageError
+from splitter.errors import ArgumentError, SplitterError, UsageError
 from splitter.files import write_atomically
 
 app = typer.Typer(
@@ -56,12 +56,26 @@ def main(
     """Compile any PyTorch model into gradient-isolated local-learning blocks."""
 
 
-def _run(fn: Callable[[], Any]) -> Any:
-    """Call the library; print a SplitterError once, without a traceback, and exit with its code."""
+FLAGS = {
+    "model": "MODEL",
+    "spec": "SPEC",
+    "blocks": "--blocks K",
+    "budget": "--budget SIZE",
+    "out": "-o",
+    "force": "--force",
+    "plot": "--plot",
+}
+"""How the command line names the library's arguments in error messages."""
+
+
+def _run(fn: Callable[[], Any], **flags: str) -> Any:
+    """Call the library; print a SplitterError once, without a traceback, and exit with its code.
+    An argument the library names is shown as its flag (`FLAGS`, with `flags` on top)."""
     try:
         return fn()
     except SplitterError as e:
-        stderr.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+        message = e.render(FLAGS | flags) if isinstance(e, ArgumentError) else str(e)
+        stderr.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
         raise typer.Exit(e.exit_code) from None
 
 
@@ -145,19 +159,18 @@ def inspect(
 ) -> None:
     """Trace MODEL, annotate its costs and list its legal cut points, units and blocks;
     with --plot, draw them."""
-    from splitter.analysis import analyze
-    from splitter.plan import load_plan
-    from splitter.report import inspect_report, plan_partition, render
+    from splitter import api
+    from splitter.report.tables import inspect_report, plan_partition, render
 
     def build() -> dict[str, Any]:
         _check_format(fmt)
         target = _plot_target(plot, force)
         options = model_options(model_arg, input_shape, input_dtype, batch_size, precision, leaf)
         if spec is None:
-            analysis = analyze(model, options)
+            analysis = api.load(model, None, options).analysis
             _draw(target, lambda: (analysis, None))
             return inspect_report(analysis)
-        plan = load_plan(model, spec, options)
+        plan = api.plan(model, spec, options)
         _draw(target, lambda: (plan.analysis, plan_partition(plan)))
         return inspect_report(plan.analysis, plan)
 
@@ -166,7 +179,7 @@ def inspect(
 
 
 def _plot_target(plot: str | None, force: bool) -> Path | None:
-    from splitter.plot import check_plot_path
+    from splitter.report.plot import check_plot_path
 
     return check_plot_path(plot, force) if plot else None
 
@@ -174,8 +187,8 @@ def _plot_target(plot: str | None, force: bool) -> Path | None:
 def _draw(target: Path | None, what: Callable[[], tuple[Any, Any]]) -> None:
     if target is None:
         return
-    from splitter.picture import picture
-    from splitter.plot import save
+    from splitter.report.picture import picture
+    from splitter.report.plot import save
 
     save(picture(*what()), target)
 
@@ -203,16 +216,14 @@ def verify(
 ) -> None:
     """Check the split on the real model: chained blocks == original, gradient isolation,
     every parameter trained by exactly one block. Exit 0 when all hold, 1 otherwise."""
-    from splitter.plan import load_plan
-    from splitter.report import render_verification, verification_report
-    from splitter.verify import verify_plan
+    from splitter import api
+    from splitter.report.tables import render_verification, verification_report
 
     def build() -> dict[str, Any]:
         _check_format(fmt)
         model, spec = _model_and_spec(model_or_spec, spec_path)
         options = model_options(model_arg, input_shape, input_dtype, None, precision, leaf)
-        plan = load_plan(model, spec, options)
-        return verification_report(plan, verify_plan(plan, batch_size or 2))
+        return verification_report(*api.verify(model, spec, options, batch_size or 2))
 
     report = _run(build)
     _emit(report, fmt, render_verification)
@@ -254,9 +265,9 @@ def partition(
     fmt: Format = "table",
 ) -> None:
     """Choose the cuts that let local training fit in the least memory; write the spec."""
-    from splitter.partitioner import partition as run_partition
-    from splitter.report import partition_report, render_partition
-    from splitter.specwriter import spec_yaml
+    from splitter.api import partition as run_partition
+    from splitter.partitioning.specwriter import spec_yaml
+    from splitter.report.tables import partition_report, render_partition
 
     def build() -> dict[str, Any]:
         _check_format(fmt)
@@ -280,7 +291,7 @@ def partition(
             write_atomically(target, text)
         return partition_report(part, text, str(target) if target else None)
 
-    report = _run(build)
+    report = _run(build, spec="--spec")
     _say_plotted(plot)
     _print_notes(report)
     if fmt == "json":
@@ -318,7 +329,7 @@ def compile_(
 ) -> None:
     """Write a runnable, gradient-isolated training package for MODEL split as SPEC says
     (without SPEC: 4 memory-balanced blocks with momentum auxiliaries)."""
-    from splitter.compiler import compile_package
+    from splitter.api import compile_package
 
     def build() -> Any:
         _check_choices(aux=aux)

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 import typer
 
-from splitter.modelref import (
+from splitter.frontend.modelref import (
     DTYPES,
     ModelOptions,
     check_precision,

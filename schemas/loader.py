@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
+from schemas.errors import SpecError, SplitterError
 from schemas.positions import Mark, Marks, locate, read_yaml
 from schemas.positions import Path as KeyPath
 from schemas.problems import Problem, describe
@@ -44,8 +45,6 @@ def load_spec(path: str | Path) -> LoadedSpec:
 
     Raises SpecError listing every problem, or SplitterError when the file cannot be read.
     """
-    from splitter.errors import SpecError, SplitterError  # late: splitter imports schemas
-
     file = Path(path)
     if not file.is_file():
         what = "is a folder, not a file" if file.is_dir() else "does not exist"
@@ -69,8 +68,6 @@ def parse_spec(text: str, source: str = "<spec>") -> LoadedSpec:
 
     Raises SpecError listing every problem, each as `<source>, line N, column M: what; the fix`.
     """
-    from splitter.errors import SpecError  # late: splitter imports schemas (and torch)
-
     try:
         data, marks = read_yaml(text)
     except yaml.YAMLError as error:

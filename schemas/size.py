@@ -1,4 +1,5 @@
-"""Memory sizes as people write them: `8GiB`, `512MiB`, `8GB`, `500MB` or a number of bytes."""
+"""Memory sizes as people write them (`8GiB`, `512MiB`, `8GB`, `500MB` or a number of bytes), and
+as splitter shows them."""
 
 from __future__ import annotations
 
@@ -49,3 +50,13 @@ def parse_size(text: str | int) -> int:
     if match is None or factor is None:
         raise ValueError(f"`{text}` is not a size; write {ACCEPTED}")
     return int(Fraction(match["number"]) * factor)
+
+
+def mib(n: int, unit: bool = False) -> str:
+    """`1,234.5`: bytes in MiB with one decimal (`1,234.5 MiB` with `unit`)."""
+    return f"{n / 2**20:,.1f}" + (" MiB" if unit else "")
+
+
+def show_size(n: int) -> str:
+    """`1.50 GiB`, or in MiB below one GiB (`512.0 MiB`)."""
+    return f"{n / 2**30:,.2f} GiB" if n >= 2**30 else mib(n, unit=True)

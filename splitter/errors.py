@@ -2,19 +2,47 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
+from schemas.errors import SpecError, SplitterError
 
-class SplitterError(Exception):
-    """A user-facing failure. The CLI prints the message without a traceback."""
-
-    exit_code = 1
+__all__ = [
+    "AnnotationError",
+    "ArgumentError",
+    "AuxiliaryError",
+    "CodegenError",
+    "CompileError",
+    "ModelCopyError",
+    "ModelLoadError",
+    "SpecError",
+    "SplitterError",
+    "SurgeryError",
+    "TraceError",
+    "UsageError",
+]
 
 
 class UsageError(SplitterError):
     """A malformed command-line value (exit code 2, like other usage errors)."""
 
     exit_code = 2
+
+
+class ArgumentError(UsageError):
+    """A bad argument of a library call. The message names each of `arguments` as `{name}`: the
+    library shows it as `name`, the CLI as its flag (`ArgumentError.render`)."""
+
+    def __init__(self, template: str, *arguments: str) -> None:
+        self.template = template
+        self.arguments = arguments
+        """The arguments the message names, first the one at fault."""
+        super().__init__(self.render({}))
+
+    def render(self, names: Mapping[str, str]) -> str:
+        """The message with each argument's `{name}` shown as `names[name]`, else `name`."""
+        fields = re.compile(r"\{(" + "|".join(map(re.escape, self.arguments)) + r")\}")
+        return fields.sub(lambda m: names.get(m[1], f"`{m[1]}`"), self.template)
 
 
 class ModelLoadError(SplitterError):
@@ -29,17 +57,21 @@ class AnnotationError(SplitterError):
     """The traced graph does not run on the example input."""
 
 
-class SpecError(SplitterError):
-    """A split spec with problems; every problem is reported at once, each with its place."""
+class SurgeryError(SplitterError):
+    """The cuts cannot be turned into independent blocks as asked."""
 
-    def __init__(
-        self,
-        problems: list[str],
-        document: object = None,
-        positions: Mapping[tuple[str | int, ...], tuple[int, int]] | None = None,
-    ) -> None:
-        self.problems = list(problems)
-        self.document = document  # the parsed YAML, when it parsed, for checks beyond schema
-        self.positions = dict(positions or {})
-        count = f"{len(problems)} problems" if len(problems) > 1 else "1 problem"
-        super().__init__(f"the split spec has {count}:\n" + "\n".join(f"  {p}" for p in problems))
+
+class CodegenError(SplitterError):
+    """A graph refers to something the emitted code cannot import or own."""
+
+
+class ModelCopyError(SplitterError):
+    """The model file imports something the package cannot carry."""
+
+
+class AuxiliaryError(SplitterError):
+    """An auxiliary the boundary cannot take."""
+
+
+class CompileError(SplitterError):
+    """The plan asks for something the emitted package cannot do."""

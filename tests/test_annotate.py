@@ -8,10 +8,10 @@ import pytest
 import torch
 import torchvision
 
-from splitter.analysis import analyze
-from splitter.annotate import measure_saved_bytes, node_cost
-from splitter.modelref import InputSpec, ModelOptions
-from splitter.trace import trace
+from splitter.analysis.model import analyze
+from splitter.frontend.annotate import measure_saved_bytes, node_cost
+from splitter.frontend.modelref import InputSpec, ModelOptions
+from splitter.frontend.trace import trace
 from tests.conftest import FIXTURES
 
 
@@ -62,7 +62,7 @@ def test_bf16_precision_halves_most_saved_bytes() -> None:
 
 
 def test_module_state_untouched_by_annotation() -> None:
-    from splitter.annotate import annotate
+    from splitter.frontend.annotate import annotate
 
     model = torchvision.models.resnet18()
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -80,7 +80,7 @@ def test_annotation_does_not_keep_the_model_alive() -> None:
     import weakref
 
     model = torchvision.models.resnet18()
-    from splitter.annotate import annotate
+    from splitter.frontend.annotate import annotate
 
     annotate(trace(model).graph("train"), InputSpec((3, 32, 32), torch.float32), 2)
     alive = weakref.ref(model.conv1.weight)

@@ -11,12 +11,13 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
-from splitter import compiler
-from splitter.compiler import compile_package
-from splitter.emit import RUNTIME, RUNTIME_FILES
+from splitter import api
+from splitter.api import compile_package
+from splitter.codegen import writer
+from splitter.codegen.emit import RUNTIME, RUNTIME_FILES
 from splitter.errors import SplitterError
-from splitter.modelref import ModelOptions
-from tests.conftest import EXAMPLES, FIXTURES
+from splitter.frontend.modelref import ModelOptions
+from tests.conftest import EXAMPLES
 
 GOLDEN = Path(__file__).parent / "golden"
 SPECS = sorted(EXAMPLES.glob("*/spec.yaml"))
@@ -84,9 +85,9 @@ def test_compile_without_spec_says_what_it_chose(cli: CliRunner, tmp_path: Path)
 
 
 def test_default_output_folder_is_named_after_the_model() -> None:
-    assert compiler.default_out("torchvision:resnet18") == "build/resnet18"
-    assert compiler.default_out("examples/resnet_cifar/model.py") == "build/resnet_cifar"
-    assert compiler.default_out("nets/wide.py:build") == "build/wide"
+    assert api.default_out("torchvision:resnet18") == "build/resnet18"
+    assert api.default_out("examples/resnet_cifar/model.py") == "build/resnet_cifar"
+    assert api.default_out("nets/wide.py:build") == "build/wide"
 
 
 # ---------------------------------------------------------------- safe writing
@@ -123,7 +124,7 @@ def test_a_failure_during_emit_leaves_no_folder(
     def broken(folder: Path, names: list[str]) -> None:
         raise SplitterError("formatter exploded")
 
-    monkeypatch.setattr(compiler, "format_python", broken)
+    monkeypatch.setattr(writer, "format_python", broken)
     model = str(EXAMPLES / "resnet_cifar" / "model.py")
     with pytest.raises(SplitterError, match="formatter exploded"):
         compile_package(model, None, ModelOptions(), out=str(tmp_path / "pkg"))

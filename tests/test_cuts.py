@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from splitter.analysis import analyze
-from splitter.cuts import units
-from splitter.modelref import ModelOptions
+from splitter.analysis.cuts import units
+from splitter.analysis.model import analyze
+from splitter.frontend.modelref import ModelOptions
 from tests.conftest import EXAMPLES, FIXTURES
 
 SMALL = ModelOptions(batch_size=2, input_shape=(3, 32, 32))

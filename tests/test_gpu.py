@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from splitter.analysis import analyze
-from splitter.annotate import measure_saved_bytes
-from splitter.modelref import ModelOptions
-from splitter.surgery import split
-from splitter.verify import verify
+from splitter.analysis.model import analyze
+from splitter.frontend.annotate import measure_saved_bytes
+from splitter.frontend.modelref import ModelOptions
+from splitter.transform.surgery import split
+from splitter.transform.verify import verify
 from tests.conftest import EXAMPLES
 
 pytestmark = [
@@ -42,7 +42,7 @@ def test_split_verifies_on_cuda() -> None:
 
 @pytest.mark.parametrize("flags", [[], ["--precision", "fp16", "--channels-last"], ["--mode", "e2e"]])
 def test_compiled_package_trains_on_cuda(tmp_path: Path, flags: list[str]) -> None:
-    from splitter.compiler import compile_package
+    from splitter.api import compile_package
     from splitter.package import load_package
 
     spec = EXAMPLES / "resnet_cifar" / "spec.yaml"
@@ -56,7 +56,7 @@ def test_compiled_package_trains_on_cuda(tmp_path: Path, flags: list[str]) -> No
 
 
 def _package(tmp_path: Path) -> Path:
-    from splitter.compiler import compile_package
+    from splitter.api import compile_package
 
     out = tmp_path / "pkg"
     spec, model = EXAMPLES / "resnet_cifar" / "spec.yaml", EXAMPLES / "resnet_cifar" / "model.py"

@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.fx as fx
 
-from splitter.analysis import analyze
-from splitter.heads import ConvHead, InfoProDecoder, LinearHead, infer_layout
-from splitter.modelref import ModelOptions
+from splitter.analysis.layouts import ConvHead, InfoProDecoder, LinearHead, infer_layout
+from splitter.analysis.model import analyze
+from splitter.frontend.modelref import ModelOptions
 from tests.conftest import EXAMPLES
 
 SHAPES = {

@@ -10,12 +10,12 @@ from types import ModuleType
 import pytest
 import torch
 
-from splitter.compiler import compile_package
+from splitter import api
+from splitter.api import compile_package
 from splitter.errors import SplitterError
-from splitter.modelref import ModelOptions
+from splitter.frontend.modelref import ModelOptions
 from splitter.package import load_package
-from splitter.plan import load_plan
-from splitter.verify import verify_plan
+from splitter.transform.verify import verify_plan
 from tests.conftest import EXAMPLES
 
 RESNET = str(EXAMPLES / "resnet_cifar" / "model.py")
@@ -182,7 +182,7 @@ def test_mlaan_cascade_reaches_exactly_its_window(mlaan: ModuleType) -> None:
 
 def test_verify_knows_the_mlaan_window(mlaan: ModuleType, tmp_path: Path) -> None:
     """`verify` runs each block's local loss over the window the emitted auxiliary trains."""
-    plan = load_plan(RESNET, str(tmp_path / "spec.yaml"), ModelOptions())
+    plan = api.plan(RESNET, str(tmp_path / "spec.yaml"), ModelOptions())
     result = verify_plan(plan)
     assert result.ok, result
     step, _, _ = _step(mlaan)

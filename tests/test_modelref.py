@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from splitter.errors import ModelLoadError, UsageError
-from splitter.modelref import (
+from splitter.frontend.modelref import (
     ModelOptions,
     load_model,
     parse_input_shape,

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import torch
 
-from splitter.compiler import compile_package
-from splitter.modelref import ModelOptions
+from splitter.api import compile_package
+from splitter.frontend.modelref import ModelOptions
 from splitter.package import load_package
 from tests.conftest import EXAMPLES
 

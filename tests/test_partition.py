@@ -15,13 +15,14 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from schemas import load_spec
-from splitter.analysis import analyze
-from splitter.annotate import measure_saved_bytes
-from splitter.costs import augmented_units
+from splitter.analysis.costs import augmented_units
+from splitter.analysis.model import analyze
+from splitter.api import partition
 from splitter.errors import SplitterError
-from splitter.modelref import ModelOptions
-from splitter.partitioner import min_max, partition, partition_blocks, settings_from
-from splitter.surgery import split
+from splitter.frontend.annotate import measure_saved_bytes
+from splitter.frontend.modelref import ModelOptions
+from splitter.partitioning.partitioner import min_max, partition_blocks, settings_from
+from splitter.transform.surgery import split
 from tests.conftest import EXAMPLES
 
 CIFAR = str(EXAMPLES / "resnet_cifar" / "model.py")
@@ -114,7 +115,7 @@ def test_budget_gives_the_fewest_blocks_that_fit() -> None:
     chosen = settings_from(None, None, None)
     peaks = {k: partition_blocks(analysis, k, chosen).local_peak_bytes for k in range(1, 8)}
     budget = peaks[4] + 1
-    from splitter.partitioner import partition_budget
+    from splitter.partitioning.partitioner import partition_budget
 
     found = partition_budget(analysis, budget, chosen)
     assert found.local_peak_bytes <= budget
@@ -196,7 +197,7 @@ def test_random_costs_never_beat_the_partition() -> None:
     analysis = analyze(CIFAR, ModelOptions(batch_size=32))
     chosen = settings_from(None, "linear", None)
     best = max(b.variable_bytes for b in partition_blocks(analysis, 4, chosen).blocks)
-    from splitter.partitioner import evaluate
+    from splitter.partitioning.partitioner import evaluate
 
     rng = random.Random(0)
     for _ in range(30):

@@ -13,11 +13,11 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from schemas import json_schema
-from splitter.analysis import analyze
+from splitter import api
+from splitter.analysis.model import analyze
 from splitter.errors import SpecError, SplitterError
-from splitter.modelref import ModelOptions
-from splitter.plan import load_plan
-from splitter.verify import verify_plan
+from splitter.frontend.modelref import ModelOptions
+from splitter.transform.verify import verify_plan
 from tests.conftest import EXAMPLES
 
 CIFAR = str(EXAMPLES / "resnet_cifar" / "model.py")
@@ -75,7 +75,7 @@ def test_all_problems_are_reported_together(tmp_path: Path) -> None:
     """Schema problems and the model's cut problems come in one report, in file order."""
     text = spec_with("[layer2.0, layer1.0, nothing]", "aux:\n  blocks:\n    3: {}\ntrainig: {}\n")
     with pytest.raises(SpecError) as info:
-        load_plan(CIFAR, write(tmp_path, text), SMALL)
+        api.plan(CIFAR, write(tmp_path, text), SMALL)
     problems = info.value.problems
     assert len(problems) == 4
     assert "forward order" in problems[0] and "`nothing`" in problems[1]
@@ -84,17 +84,17 @@ def test_all_problems_are_reported_together(tmp_path: Path) -> None:
 
 def test_auto_partition_in_the_spec(tmp_path: Path) -> None:
     spec = write(tmp_path, "version: 1\npartition:\n  auto: {blocks: 4, balance: memory}\n")
-    plan = load_plan(CIFAR, spec, SMALL)
+    plan = api.plan(CIFAR, spec, SMALL)
     assert len(plan.cuts) == 3 and len(plan.surgery.blocks) == 4
     assert verify_plan(plan).ok
 
 
 def test_auto_budget_in_the_spec(tmp_path: Path) -> None:
     spec = write(tmp_path, "version: 1\npartition:\n  auto: {budget: 1GiB}\n")
-    assert len(load_plan(CIFAR, spec, SMALL).cuts) == 0  # it fits in one block
+    assert len(api.plan(CIFAR, spec, SMALL).cuts) == 0  # it fits in one block
     tiny = write(tmp_path, "version: 1\npartition:\n  auto: {budget: 1KiB}\n")
     with pytest.raises(SplitterError, match=r"no partition fits the budget.*best local peak"):
-        load_plan(CIFAR, tiny, SMALL)
+        api.plan(CIFAR, tiny, SMALL)
 
 
 def test_smallest_spec_verifies_as_written(tmp_path: Path) -> None:
@@ -103,7 +103,7 @@ def test_smallest_spec_verifies_as_written(tmp_path: Path) -> None:
         "version: 1\npartition:\n  cuts: [layer1.2, layer2.1, layer3.0]     # or: auto\n"
         "aux:\n  default: {kind: linear}\n",
     )
-    plan = load_plan(CIFAR, spec, ModelOptions())
+    plan = api.plan(CIFAR, spec, ModelOptions())
     assert [c.name for c in plan.cuts] == ["layer1.2", "layer2.1", "layer3.0"]
     assert verify_plan(plan).ok
 
@@ -160,7 +160,7 @@ def test_random_cut_lists_verify_or_are_rejected(
     picked = data.draw(st.lists(st.sampled_from(names), min_size=1, max_size=5))
     spec = write(tmp_path, spec_with(json.dumps(picked)))
     try:
-        plan = load_plan(CIFAR, spec, SMALL)
+        plan = api.plan(CIFAR, spec, SMALL)
     except SpecError as e:
         assert all(", line 3, column " in p for p in e.problems)
         return
@@ -173,13 +173,13 @@ def test_random_cut_lists_verify_or_are_rejected(
 def test_model_output_must_exist(tmp_path: Path) -> None:
     spec = write(tmp_path, "version: 1\nmodel: {output: 2}\npartition:\n  cuts: [layer1]\n")
     with pytest.raises(SpecError, match=r"line 2, column 17: the model returns nothing at `2`"):
-        load_plan(CIFAR, spec, SMALL)
+        api.plan(CIFAR, spec, SMALL)
 
 
 def test_model_ref_beside_the_spec(tmp_path: Path) -> None:
     (tmp_path / "net.py").write_text((EXAMPLES / "resnet_cifar" / "model.py").read_text())
     spec = write(tmp_path, "version: 1\nmodel: {ref: net.py, kwargs: {depth: 8}}\n"
                            "partition:\n  cuts: [layer2]\n")
-    plan = load_plan(None, spec, ModelOptions())
+    plan = api.plan(None, spec, ModelOptions())
     assert plan.analysis.model.ref == str(tmp_path / "net.py")
     assert [b.end for b in plan.surgery.blocks] == ["layer2.0", "output"]

@@ -10,14 +10,15 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
-from splitter.analysis import analyze
+from splitter import api
+from splitter.analysis.model import analyze
+from splitter.api import partition
 from splitter.files import umask
-from splitter.modelref import ModelOptions
-from splitter.partitioner import partition
-from splitter.picture import Picture, picture
-from splitter.plan import load_plan
-from splitter.plot import DPI, WIDTH_INCHES, page, save, svg_text
-from splitter.report import plan_partition
+from splitter.frontend.modelref import ModelOptions
+from splitter.report.picture import Picture, picture
+from splitter.report.page import page
+from splitter.report.plot import DPI, WIDTH_INCHES, save, svg_text
+from splitter.report.tables import plan_partition
 from tests.conftest import EXAMPLES
 
 CIFAR_SPEC = EXAMPLES / "resnet_cifar" / "spec.yaml"
@@ -25,7 +26,7 @@ VIT_SPEC = EXAMPLES / "tiny_vit" / "spec.yaml"
 
 
 def example(spec: Path) -> Picture:
-    plan = load_plan(None, str(spec), ModelOptions())
+    plan = api.plan(None, str(spec), ModelOptions())
     return picture(plan.analysis, plan_partition(plan))
 
 
@@ -40,7 +41,7 @@ def vit() -> Picture:
 
 
 def test_rows_account_for_every_parameter_activation_and_cut() -> None:
-    plan = load_plan(None, str(CIFAR_SPEC), ModelOptions())
+    plan = api.plan(None, str(CIFAR_SPEC), ModelOptions())
     pic = picture(plan.analysis, plan_partition(plan))
     analysis = plan.analysis
     assert sum(r.params for r in pic.rows) == sum(p.numel() for p in analysis.target.parameters())
@@ -174,7 +175,7 @@ def test_unknown_plot_format_is_refused_before_any_work(cli: CliRunner, tmp_path
 def test_long_folded_labels_shorten_to_a_range(cifar: Picture) -> None:
     from dataclasses import replace
 
-    from splitter.plot import _row_label
+    from splitter.report.plot import _row_label
 
     run = replace(cifar.rows[0], first="encoder.layers.encoder_layer_1",
                   last="encoder.layers.encoder_layer_11", count=11)

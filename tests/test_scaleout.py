@@ -22,8 +22,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from splitter.compiler import compile_package
-from splitter.modelref import ModelOptions
+from splitter.api import compile_package
+from splitter.frontend.modelref import ModelOptions
 from splitter.package import load_package
 from splitter.runtime import pipeline
 

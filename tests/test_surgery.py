@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from splitter.analysis import Analysis, analyze
-from splitter.modelref import ModelOptions
-from splitter.surgery import SurgeryError, split
-from splitter.verify import verify
+from splitter.analysis.model import Analysis, analyze
+from splitter.frontend.modelref import ModelOptions
+from splitter.transform.surgery import SurgeryError, split
+from splitter.transform.verify import verify
 from tests.conftest import EXAMPLES, FIXTURES
 
 CIFAR = str(EXAMPLES / "resnet_cifar" / "model.py")

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from splitter.errors import TraceError, UsageError
-from splitter.modelref import import_model_file
-from splitter.trace import trace
+from splitter.frontend.modelref import import_model_file
+from splitter.frontend.trace import trace
 from tests.conftest import FIXTURES
 
 

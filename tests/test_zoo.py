@@ -14,16 +14,16 @@ import torch
 import torchvision
 
 from schemas import parse_spec
-from splitter.analysis import Analysis, analyze
-from splitter.compiler import compile_package
+from splitter.analysis.model import Analysis, analyze
+from splitter.api import compile_package
 from splitter.errors import SplitterError
+from splitter.frontend.modelref import ModelOptions
 from splitter.package import load_package
-from splitter.picture import picture
-from splitter.plan import plan_for
-from splitter.plot import cut_label, svg_text
-from splitter.report import plan_partition
-from splitter.verify import tree_equal, verify_plan
-from splitter.modelref import ModelOptions
+from splitter.partitioning.plan import plan_for
+from splitter.report.picture import picture
+from splitter.report.plot import cut_label, svg_text
+from splitter.report.tables import plan_partition
+from splitter.transform.verify import tree_equal, verify_plan
 
 pytestmark = [pytest.mark.zoo, pytest.mark.filterwarnings("ignore::FutureWarning")]
 

@@ -8,6 +8,7 @@ an EMA of when its source unit lives on the next rank (one step stale: see `Sour
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -17,6 +18,11 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+
+if __package__:  # imported by the library as `splitter.runtime.pipeline`
+    from .minmax import min_max
+else:  # a module of an emitted package
+    from minmax import min_max  # type: ignore[no-redef]
 
 
 class ScheduleError(ValueError):
@@ -32,33 +38,13 @@ class PipelineError(RuntimeError):
 
 def balance(costs: Sequence[float], groups: int) -> list[range]:
     """Split blocks 0..n-1 into `groups` contiguous non-empty ranges whose largest summed cost
-    is the smallest possible (of the optimal splits, the one whose earlier groups end first)."""
+    is the smallest possible (of the optimal splits, each group starts as early as it can)."""
     n = len(costs)
     if not 1 <= groups <= n:
         raise ScheduleError(f"cannot put {n} blocks into {groups} groups")
-    prefix = [0.0]
-    for c in costs:
-        prefix.append(prefix[-1] + float(c))
-    # best[g][i]: the smallest largest-group cost of blocks i..n-1 in g groups
-    inf = float("inf")
-    best = [[inf] * (n + 1) for _ in range(groups + 1)]
-    best[0][n] = 0.0
-    for g in range(1, groups + 1):
-        for i in range(n - g, -1, -1):
-            for j in range(i + 1, n - g + 2):
-                cost = max(prefix[j] - prefix[i], best[g - 1][j])
-                if cost < best[g][i]:
-                    best[g][i] = cost
-    ranges, i = [], 0
-    for g in range(groups, 0, -1):
-        j = next(
-            j
-            for j in range(i + 1, n - g + 2)
-            if max(prefix[j] - prefix[i], best[g - 1][j]) == best[g][i]
-        )
-        ranges.append(range(i, j))
-        i = j
-    return ranges
+    prefix = [0.0, *itertools.accumulate(float(c) for c in costs)]
+    bounds, _ = min_max(lambda k, i, j: prefix[j] - prefix[i], n, groups, later=False)
+    return [range(i, j) for i, j in itertools.pairwise(bounds)]
 
 
 def schedule(

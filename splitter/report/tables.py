@@ -8,13 +8,14 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from splitter.analysis import Analysis
-from splitter.annotate import NodeCost, node_cost
-from splitter.costs import BlockCost
-from splitter.cuts import units
-from splitter.partitioner import Partition, evaluate, settings_from
-from splitter.plan import Plan
-from splitter.verify import Verification
+from schemas import mib
+from splitter.analysis.costs import BlockCost
+from splitter.analysis.cuts import units
+from splitter.analysis.model import Analysis
+from splitter.frontend.annotate import NodeCost, node_cost, output_shape
+from splitter.partitioning.partitioner import Partition, evaluate, settings_from
+from splitter.partitioning.plan import Plan
+from splitter.transform.verify import Verification
 
 
 def inspect_report(analysis: Analysis, plan: Plan | None = None) -> dict[str, Any]:
@@ -59,7 +60,7 @@ def _block_rows(
     rows = []
     for k in range(len(bounds) - 1):
         span = costs[bounds[k] + 1 : bounds[k + 1] + 1]
-        out_shape = cuts[k].shape if k < len(cuts) else _output_shape(nodes)
+        out_shape = cuts[k].shape if k < len(cuts) else output_shape(gm.graph)
         row = {
             "index": k,
             "start": names[k],
@@ -94,11 +95,6 @@ def aux_kind(plan: Plan, index: int) -> str:
     return plan.spec.spec.aux.of(index).kind
 
 
-def _output_shape(nodes: list[Any]) -> tuple[int, ...] | None:
-    value = nodes[-1].args[0]
-    return node_cost(value).shape if hasattr(value, "meta") else None
-
-
 def _cut_rows(analysis: Analysis, costs: list[NodeCost]) -> list[dict[str, Any]]:
     rows = []
     for cut in analysis.cuts.cuts:
@@ -115,10 +111,6 @@ def _cut_rows(analysis: Analysis, costs: list[NodeCost]) -> list[dict[str, Any]]
             }
         )
     return rows
-
-
-def mib(n: int) -> str:
-    return f"{n / 2**20:,.1f}"
 
 
 def table(title: str, columns: list[str], rows: list[list[str]]) -> Table:

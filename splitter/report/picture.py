@@ -1,7 +1,7 @@
 """What a picture of a split shows: the graph collapsed to units (runs of alike units folded),
 its legal cuts and skip connections, the blocks with their auxiliaries, and the memory of each.
 
-`picture(analysis, partition)` computes it; `splitter.plot` draws it. Nothing here draws."""
+`picture(analysis, partition)` computes it; `splitter.report.plot` draws it. Nothing here draws."""
 
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ import torch.fx as fx
 from torch import nn
 
 from schemas.auxiliary import AugmentedAux, MlaanAux, MomentumAux
-from splitter.analysis import Analysis
-from splitter.annotate import node_cost
-from splitter.costs import AuxCost, CostModel, augmented_units
-from splitter.cuts import CONTAINERS, Unit, data_graph, units
-from splitter.partitioner import Partition
+from splitter.analysis.costs import AuxCost, CostModel, augmented_units
+from splitter.analysis.cuts import CONTAINERS, Unit, data_graph, units
+from splitter.analysis.model import Analysis
+from splitter.frontend.annotate import node_cost
+from splitter.partitioning.partitioner import Partition
 
 ADDS = {operator.add, operator.iadd, torch.add, "add", "add_"}
 CATS = {torch.cat, torch.concat, "cat", "concat"}
@@ -63,7 +63,7 @@ class Row:
 
 
 @dataclass(frozen=True)
-class AuxView:
+class AuxDrawing:
     kind: str
     lines: tuple[str, ...]
     cost: AuxCost
@@ -80,7 +80,7 @@ class BlockView:
     activation_bytes: int
     aux_activation_bytes: int
     grad_bytes: int
-    aux: AuxView | None
+    aux: AuxDrawing | None
 
     @property
     def variable_bytes(self) -> int:
@@ -240,7 +240,7 @@ def _blocks(analysis: Analysis, partition: Partition, rows: list[Row]) -> tuple[
     return tuple(views)
 
 
-def _aux(model: CostModel, partition: Partition, k: int, rows: list[Row]) -> AuxView:
+def _aux(model: CostModel, partition: Partition, k: int, rows: list[Row]) -> AuxDrawing:
     config = partition.settings.aux.of(k)
     bounds, count = partition.bounds, len(partition.blocks)
     j = bounds[k + 1]
@@ -252,7 +252,7 @@ def _aux(model: CostModel, partition: Partition, k: int, rows: list[Row]) -> Aux
             f"trainable + EMA copy of {rows[source].label}",
             f"{config.head.kind} head",
         )
-        return AuxView("momentum", lines, cost, (source,))
+        return AuxDrawing("momentum", lines, cost, (source,))
     if isinstance(config, (AugmentedAux, MlaanAux)):
         if isinstance(config, MlaanAux):
             depth, tau = MlaanAux.LEAP_DEPTH, MlaanAux.LEAP_TAU
@@ -261,17 +261,17 @@ def _aux(model: CostModel, partition: Partition, k: int, rows: list[Row]) -> Aux
         picked = augmented_units(model.feature_unit_ends, j, k, count, depth, tau)
         copies = f"fresh copies of {len(picked)} later unit{'s' * (len(picked) != 1)}"
         if isinstance(config, AugmentedAux):
-            return AuxView("augmented", ("augmented (AugLocal)", copies, "linear head"), cost)
+            return AuxDrawing("augmented", ("augmented (AugLocal)", copies, "linear head"), cost)
         window = config.cascade(k)
         sources = (_row_at(rows, model.position[picked[0]]),) if picked else ()
         lines = ("mlaan", f"conv head + cascade over {window} blocks", f"{copies}, first EMA")
-        return AuxView("mlaan", lines, cost, sources)
+        return AuxDrawing("mlaan", lines, cost, sources)
     details = {
         "linear": "pool + Linear",
         "conv": "conv layers + pool + Linear",
         "infopro": "decoder (BCE) + conv head (CE)",
     }
-    return AuxView(config.kind, (config.kind, details.get(config.kind, "")), cost)
+    return AuxDrawing(config.kind, (config.kind, details.get(config.kind, "")), cost)
 
 
 def _row_at(rows: list[Row], position: int) -> int:

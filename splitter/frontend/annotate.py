@@ -17,7 +17,7 @@ from torch.utils import _pytree as pytree
 from torch.utils.flop_counter import FlopCounterMode
 
 from splitter.errors import AnnotationError
-from splitter.modelref import InputSpec, Precision
+from splitter.frontend.modelref import InputSpec, Precision
 
 META_KEY = "splitter"
 # Under bf16/fp16 the graph runs in that dtype: autocast keeps most activations in half
@@ -50,7 +50,7 @@ def node_cost(node: fx.Node) -> NodeCost:
     """The cost `annotate` wrote on `node`."""
     cost = node.meta.get(META_KEY)
     if not isinstance(cost, NodeCost):
-        raise KeyError(f"node `{node.name}` is not annotated; run splitter.annotate first")
+        raise KeyError(f"node `{node.name}` is not annotated; run splitter.frontend.annotate first")
     return cost
 
 
@@ -305,3 +305,21 @@ def measure_saved_bytes(module: nn.Module, *args: torch.Tensor) -> int:
         out = module(*args)
     del out
     return sum(n for ptr, n in seen.items() if ptr not in state)
+
+
+def output_shape(graph: fx.Graph) -> tuple[int, ...] | None:
+    """The shape of the graph's (first) output, looking through tuples, dicts and structures
+    built from their elements (a namedtuple)."""
+    pending: list[object] = [list(graph.nodes)[-1].args[0]]
+    while pending:
+        value = pending.pop(0)
+        if isinstance(value, fx.Node):
+            shape = node_cost(value).shape
+            if shape is not None:
+                return shape
+            pending[:0] = list(value.args)
+        elif isinstance(value, (tuple, list)):
+            pending[:0] = list(value)
+        elif isinstance(value, dict):
+            pending[:0] = list(value.values())
+    return None

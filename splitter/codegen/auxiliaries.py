@@ -7,14 +7,14 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from schemas.auxiliary import AugmentedAux, ConvAux, InfoProAux, LinearAux, MlaanAux, MomentumAux
-from splitter.codegen import Imports, ModuleSource, module_source
-from splitter.costs import CostModel, augmented_units
-from splitter.errors import SplitterError
-from splitter.heads import InfoProDecoder, Layout, default_layout, infer_layout
-from splitter.partitioner import settings_from
-from splitter.plan import Plan
+from splitter.analysis.costs import CostModel, augmented_units
+from splitter.analysis.layouts import InfoProDecoder, Layout, default_layout, infer_layout
+from splitter.codegen.source import Imports, ModuleSource, module_source
+from splitter.errors import AuxiliaryError
+from splitter.partitioning.partitioner import settings_from
+from splitter.partitioning.plan import Plan
 from splitter.runtime.auxiliary import channels
-from splitter.surgery import span_graph
+from splitter.transform.surgery import span_graph
 
 AUX_CLASSES = (
     "Adapter", "Augmented", "Classifier", "ConvHead", "InfoPro", "InfoProDecoder", "LinearHead",
@@ -24,10 +24,6 @@ _RANK = {"nchw": 3, "nhwc": 3, "ncl": 2, "nlc": 2, "nc": 1}
 """Dimensions of one sample in each layout."""
 _WHAT = {"nchw": "an image map", "nhwc": "an image map", "ncl": "a token sequence"}
 _WHAT |= {"nlc": "a token sequence", "nc": "a feature vector"}
-
-
-class AuxiliaryError(SplitterError):
-    """An auxiliary the boundary cannot take."""
 
 
 @dataclass(frozen=True)

@@ -6,15 +6,10 @@ from typing import Any
 
 import yaml
 
-from schemas import SplitSpec, parse_spec
-from splitter.partitioner import Partition
-from splitter.report import mib as report_mib
+from schemas import SplitSpec, mib, parse_spec
+from splitter.partitioning.partitioner import Partition
 
 SECTION_ORDER = ("version", "model", "trace", "partition", "aux", "training", "output")
-
-
-def mib(n: int) -> str:
-    return f"{report_mib(n)} MiB"
 
 
 def spec_document(
@@ -97,9 +92,9 @@ def _header(part: Partition) -> str:
         f"{settings.aux.default.kind}, {settings.optimizer.name}, optimizer scope "
         f"{settings.scope}).\n"
         f"# Fixed part (parameters and optimizer state, auxiliaries included): "
-        f"{mib(part.fixed_bytes)}.\n"
-        f"# Local peak {mib(part.local_peak_bytes)}; end-to-end peak "
-        f"{mib(part.e2e_peak_bytes)} (saving {part.saving:.1%}).\n"
+        f"{mib(part.fixed_bytes, unit=True)}.\n"
+        f"# Local peak {mib(part.local_peak_bytes, unit=True)}; end-to-end peak "
+        f"{mib(part.e2e_peak_bytes, unit=True)} (saving {part.saving:.1%}).\n"
     )
 
 
@@ -117,9 +112,9 @@ def _partition_text(part: Partition, section: dict[str, Any]) -> str:
 
 
 def _block_comment(part: Partition, k: int, names: list[str]) -> str:
-    block = part.blocks[k]
+    b = part.blocks[k]
+    sizes = [mib(n, unit=True) for n in (b.activation_bytes, b.aux_activation_bytes, b.grad_bytes)]
     return (
-        f"block {k}: {names[k]} -> {names[k + 1]}, variable {mib(block.variable_bytes)} "
-        f"(activations {mib(block.activation_bytes)}, auxiliary "
-        f"{mib(block.aux_activation_bytes)}, gradients {mib(block.grad_bytes)})"
+        f"block {k}: {names[k]} -> {names[k + 1]}, variable {mib(b.variable_bytes, unit=True)} "
+        f"(activations {sizes[0]}, auxiliary {sizes[1]}, gradients {sizes[2]})"
     )

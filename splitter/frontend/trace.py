@@ -298,3 +298,8 @@ def _leaf_class(name: str, modules: dict[str, nn.Module]) -> type:
     raise UsageError(
         f"--leaf `{name}` is neither a submodule FQN of the model nor an nn.Module class{hint}"
     )
+
+
+def graph_targets(graph: fx.Graph) -> list[str]:
+    """The submodules and attributes the graph reaches (`call_module` and `get_attr` targets)."""
+    return [str(n.target) for n in graph.nodes if n.op in ("call_module", "get_attr")]

@@ -15,17 +15,16 @@ from functools import cached_property, partial
 from typing import Literal, cast
 
 import torch
-import torch.fx as fx
 from torch import nn
 
 from schemas.auxiliary import AugmentedAux, ConvAux, InfoProAux, LinearAux, MomentumAux
 from schemas.spec import AuxSection, OptimizerConfig
-from splitter.analysis import Analysis
-from splitter.annotate import NodeCost, annotate, node_cost
+from splitter.analysis.layouts import ConvHead, InfoProDecoder, Layout, LinearHead, infer_layout
+from splitter.analysis.model import Analysis
 from splitter.errors import SplitterError
-from splitter.heads import ConvHead, InfoProDecoder, Layout, LinearHead, infer_layout
-from splitter.modelref import InputSpec, Precision
-from splitter.trace import trace
+from splitter.frontend.annotate import NodeCost, annotate, node_cost, output_shape
+from splitter.frontend.modelref import InputSpec, Precision
+from splitter.frontend.trace import trace
 
 Balance = Literal["memory", "flops", "params", "units"]
 Scope = Literal["block", "global"]
@@ -337,21 +336,3 @@ def _measure(
         size = sum(p.numel() * p.element_size() for p in head.parameters())
         _MEASURED[key] = AuxCost(saved, size, size)
     return _MEASURED[key]
-
-
-def output_shape(graph: fx.Graph) -> tuple[int, ...] | None:
-    """The shape of the graph's (first) output, looking through tuples, dicts and structures
-    built from their elements (a namedtuple)."""
-    pending: list[object] = [list(graph.nodes)[-1].args[0]]
-    while pending:
-        value = pending.pop(0)
-        if isinstance(value, fx.Node):
-            shape = node_cost(value).shape
-            if shape is not None:
-                return shape
-            pending[:0] = list(value.args)
-        elif isinstance(value, (tuple, list)):
-            pending[:0] = list(value)
-        elif isinstance(value, dict):
-            pending[:0] = list(value.values())
-    return None

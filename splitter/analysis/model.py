@@ -11,11 +11,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from splitter.annotate import annotate
-from splitter.cuts import CutAnalysis, analyze_cuts
+from splitter.analysis.cuts import CutAnalysis, analyze_cuts
 from splitter.errors import AnnotationError, SplitterError
-from splitter.modelref import InputSpec, LoadedModel, ModelOptions, load_model
-from splitter.trace import TracedModel, trace
+from splitter.frontend.annotate import annotate
+from splitter.frontend.modelref import InputSpec, LoadedModel, ModelOptions, load_model
+from splitter.frontend.trace import TracedModel, trace
 
 
 @dataclass

@@ -11,15 +11,12 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from splitter.errors import SplitterError
-from splitter.modelref import import_model_file, split_file_ref, torchvision_defaults
+from splitter import runtime
+from splitter.errors import ModelCopyError
+from splitter.frontend.modelref import import_model_file, split_file_ref, torchvision_defaults
 
-RESERVED = ("auxiliary", "blocks", "checkpoint", "data", "memory", "model", "optim", "train")
-"""Module names the package uses for its own files."""
-
-
-class ModelCopyError(SplitterError):
-    """The model file imports something the package cannot carry."""
+RESERVED = ("blocks", "model", *runtime.MODULES)
+"""Module names the package uses for its own files (generated, and the runtime's)."""
 
 
 @dataclass

@@ -12,15 +12,11 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from splitter.cuts import CutPoint, data_graph
-from splitter.errors import SplitterError
-from splitter.trace import MODES, Mode, TracedModel
+from splitter.analysis.cuts import CutPoint, data_graph
+from splitter.errors import SurgeryError
+from splitter.frontend.trace import MODES, Mode, TracedModel, graph_targets
 
 SharedPolicy = Literal["error", "replicate", "owner", "sync"]
-
-
-class SurgeryError(SplitterError):
-    """The cuts cannot be turned into independent blocks as asked."""
 
 
 class Block(nn.Module):
@@ -32,7 +28,7 @@ class Block(nn.Module):
     ) -> None:
         super().__init__()
         self.index, self.start, self.end = index, start, end
-        targets = [t for g in graphs.values() for t in _targets(g)]
+        targets = [t for g in graphs.values() for t in graph_targets(g)]
         for target in dict.fromkeys(targets):
             _copy_attr(root, self, target)
         self.graphs = graphs
@@ -186,10 +182,6 @@ def _live(nodes: list[fx.Node]) -> set[fx.Node]:
             live.add(node)
             stack.extend(node.all_input_nodes)
     return live
-
-
-def _targets(graph: fx.Graph) -> list[str]:
-    return [str(n.target) for n in graph.nodes if n.op in ("call_module", "get_attr")]
 
 
 def _copy_attr(source: nn.Module, dest: nn.Module, target: str) -> None:

@@ -13,25 +13,18 @@ from typing import Any
 import jinja2
 import yaml
 
-from splitter.auxview import AUX_CLASSES, AuxiliaryViews, aux_config
-from splitter.codegen import Imports, ModuleSource, module_source
-from splitter.costs import output_shape
-from splitter.errors import SplitterError
-from splitter.modelsource import ModelSource
-from splitter.plan import Plan
+from splitter.codegen.auxiliaries import AUX_CLASSES, AuxiliaryViews, aux_config
+from splitter.codegen.modelsource import ModelSource
+from splitter.codegen.source import Imports, ModuleSource, module_source
+from splitter.errors import CompileError
+from splitter.partitioning.plan import Plan
+from splitter.runtime import FILES as RUNTIME_FILES
+from splitter.runtime import FOLDER as RUNTIME
 from splitter.runtime.checkpoint import fingerprint
 
-RUNTIME = Path(__file__).parent / "runtime"
-RUNTIME_FILES = (
-    "auxiliary.py",
-    "checkpoint.py",
-    "data.py",
-    "memory.py",
-    "optim.py",
-    "pipeline.py",
-    "train.py",
-)
-"""Copied verbatim (under the provenance header) into every package."""
+GENERATED = ("blocks.py", "model.py", *RUNTIME_FILES)
+"""The package's Python files that splitter writes (a copied model file is the user's)."""
+
 TEMPLATES = jinja2.Environment(
     loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
     keep_trailing_newline=True,
@@ -41,10 +34,6 @@ TEMPLATES = jinja2.Environment(
     autoescape=False,
 )
 EMITTED_KINDS = ("linear", "conv", "momentum", "infopro", "augmented", "mlaan")
-
-
-class CompileError(SplitterError):
-    """The plan asks for something the emitted package cannot do."""
 
 
 def header(version: str, sources: dict[str, str]) -> str:
@@ -197,11 +186,10 @@ class Viewer:
         return f"{top}\n# The resolved split spec of this package; train.py reads it.\n{note}{text}"
 
     def _package(self, version: str) -> dict[str, Any]:
-        out = output_shape(self.gm.graph)
         return {
             "source": self.analysis.model.ref,
             "builder": self.source.builder,
-            "num_classes": out[-1] if out else 10,
+            "num_classes": self.aux.costs.num_classes,
             "fingerprint": fingerprint(self.analysis.model.module),
             # what groups blocks onto devices and pipeline stages (the cost model's FLOPs)
             "block_flops": [self.aux.costs.flops(i, j) for i, j in pairwise(self.aux.bounds)],

@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch.fx as fx
 
-from schemas import LoadedSpec, SplitSpec, load_spec
+from schemas import LoadedSpec, SplitSpec
 from schemas.positions import locate
-from splitter.analysis import Analysis, analyze
-from splitter.annotate import node_cost
-from splitter.cuts import CutPoint, data_graph, modules_finishing, node_paths
-from splitter.errors import SpecError, SplitterError, UsageError
-from splitter.modelref import ModelOptions, merge_options, split_file_ref
-from splitter.surgery import Surgery, split
+from splitter.analysis.cuts import CutPoint
+from splitter.analysis.explain import explain_cut
+from splitter.analysis.model import Analysis, analyze
+from splitter.errors import SpecError, SplitterError
+from splitter.frontend.annotate import node_cost
+from splitter.frontend.modelref import ModelOptions
+from splitter.partitioning.partitioner import partition_blocks, partition_budget, settings_from
+from splitter.transform.surgery import Surgery, split
 
 Problem = tuple[tuple[str | int, ...], str]
 
@@ -32,22 +32,6 @@ class Plan:
     surgery: Surgery
 
 
-def load_plan(model: str | None, spec_path: str, options: ModelOptions) -> Plan:
-    """Load the spec, analyse the model it names (command line first), check the spec's
-    cuts and auxiliaries against the model, and cut it into blocks."""
-    try:
-        loaded = load_spec(spec_path)
-    except SpecError as error:
-        raise _with_cut_problems(error, model, spec_path, options) from None
-    ref = model or spec_model_ref(spec_path, loaded)
-    merged, notes = merge_options(options, loaded.spec)
-    analysis = analyze(
-        ref, merged, root=loaded.spec.model.root, auto_leaf=loaded.spec.trace.auto_leaf
-    )
-    analysis.model.warnings.extend(notes)
-    return plan_for(analysis, loaded)
-
-
 def plan_for(analysis: Analysis, loaded: LoadedSpec) -> Plan:
     """Check a loaded spec against an analysed model and cut it into blocks."""
     cuts = check_spec(loaded, analysis)
@@ -55,19 +39,7 @@ def plan_for(analysis: Analysis, loaded: LoadedSpec) -> Plan:
     return Plan(analysis, loaded, cuts, surgery)
 
 
-def spec_model_ref(spec_path: str, loaded: LoadedSpec | None = None) -> str:
-    """The spec's `model.ref` (a file found beside the spec when not in the working folder)."""
-    loaded = loaded or load_spec(spec_path)
-    ref = _relative_to(spec_path, loaded.spec.model.ref)
-    if not ref:
-        raise UsageError(
-            f"no MODEL given and `{spec_path}` has no `model.ref`; pass MODEL "
-            "(e.g. `examples/resnet_cifar/model.py`) or set `model.ref` in the spec"
-        )
-    return ref
-
-
-def _with_cut_problems(
+def with_cut_problems(
     error: SpecError, model: str | None, source: str, options: ModelOptions
 ) -> SpecError:
     """A spec the schema rejects may still name cuts: check them too, so that every problem
@@ -96,17 +68,6 @@ def _place(problem: str) -> tuple[int, int]:
     return (int(found.group(1)), int(found.group(2))) if found else (0, 0)
 
 
-def _relative_to(spec_path: str, ref: str | None) -> str | None:
-    """A model file in `model.ref` is found from the working folder, else from the spec's."""
-    if not ref or ref.startswith(("torchvision:", "timm:")):
-        return ref
-    path, attr = split_file_ref(ref)
-    beside = Path(spec_path).parent / path
-    if Path(path).exists() or not beside.exists():
-        return ref
-    return str(beside) if attr == "build_model" else f"{beside}:{attr}"
-
-
 def check_spec(loaded: LoadedSpec, analysis: Analysis) -> list[CutPoint]:
     """Every problem of the spec against this model, reported together; the resolved cuts."""
     spec = loaded.spec
@@ -132,8 +93,6 @@ def check_spec(loaded: LoadedSpec, analysis: Analysis) -> list[CutPoint]:
 
 def _auto_cuts(spec: SplitSpec, analysis: Analysis) -> list[CutPoint]:
     """`partition.auto`: the partitioner's cuts for the spec's auxiliaries and optimizer."""
-    from splitter.partitioner import partition_blocks, partition_budget, settings_from
-
     auto = spec.partition.auto
     assert auto is not None
     settings = settings_from(spec, None, None)
@@ -226,58 +185,3 @@ def _order_problem(cut: CutPoint, cuts: list[CutPoint], seen: dict[int, str]) ->
             "list the cuts in forward order"
         )
     return None
-
-
-def explain_cut(analysis: Analysis, name: str) -> str:
-    """Why `name` is not a legal cut: unknown (with the closest names), or which tensors
-    cross it and the nearest legal cuts before and after."""
-    gm = analysis.traced.graph("train")
-    position = _position(gm, name)
-    if position is None:
-        modules = (m for m, _ in analysis.target.named_modules() if m)
-        known = list(dict.fromkeys([*analysis.cuts.lookup, *modules]))
-        close = difflib.get_close_matches(name, known, n=3)
-        hint = (
-            f"the closest names are {', '.join(f'`{c}`' for c in close)}"
-            if close
-            else ("`splitter inspect MODEL` lists the legal cuts")
-        )
-        return f"cut `{name}` names no module or operation of the model; {hint}"
-    crossing = _crossing(gm, position, analysis)
-    before = [c.name for c in analysis.cuts.cuts if c.index < position]
-    after = [c.name for c in analysis.cuts.cuts if c.index > position]
-    nearest = " and ".join(f"`{n}`" for n in (before[-1:] + after[:1])) or "none"
-    if not crossing:
-        return (
-            f"cut `{name}` is not a legal cut (no single tensor flows through it, or it "
-            f"is the model's input or output); the nearest legal cuts are {nearest}"
-        )
-    return (
-        f"cut `{name}` is not a legal cut: {len(crossing)} tensors cross it, the outputs of "
-        f"{' and '.join(crossing)}; the nearest legal cuts are {nearest}"
-    )
-
-
-def _position(gm: fx.GraphModule, name: str) -> int | None:
-    nodes = list(gm.graph.nodes)
-    finishing = modules_finishing(gm.graph)
-    paths = node_paths(gm.graph)
-    for i, node in enumerate(nodes):
-        if name in finishing.get(node, ()) or paths[node] == name or node.name == name:
-            return i
-    return None
-
-
-def _crossing(gm: fx.GraphModule, position: int, analysis: Analysis) -> list[str]:
-    nodes = list(gm.graph.nodes)
-    order = {n: i for i, n in enumerate(nodes)}
-    paths = node_paths(gm.graph)
-    by_node = {c.node: c.name for c in analysis.cuts.cuts}
-    data = set(data_graph(gm.graph).nodes)
-    crossing = []
-    for node in nodes[: position + 1]:
-        if node not in data or not any(order[u] > position for u in node.users):
-            continue
-        label = by_node.get(node.name, paths[node])
-        crossing.append("the model's input" if node.op == "placeholder" else f"`{label}`")
-    return crossing

@@ -11,8 +11,8 @@ import networkx as nx
 import torch.fx as fx
 from torch import nn
 
-from splitter.annotate import node_cost
-from splitter.trace import TracedModel
+from splitter.frontend.annotate import node_cost
+from splitter.frontend.trace import TracedModel
 
 SOURCE = "<source>"
 CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)

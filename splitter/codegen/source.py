@@ -12,14 +12,11 @@ import torch.fx as fx
 from torch import nn
 from torch.fx.graph import _custom_builtins
 
-from splitter.errors import SplitterError
+from splitter.errors import CodegenError
+from splitter.frontend.trace import graph_targets
 
 _STATEMENT = re.compile(r"^(\s*)(\w+) = (.*)$")
 _FIRST_LINE = re.compile(r"^def forward\((.*)\):$")
-
-
-class CodegenError(SplitterError):
-    """A graph refers to something the emitted code cannot import or own."""
 
 
 @dataclass(frozen=True)
@@ -78,7 +75,7 @@ def module_source(
     """An emitted class running `graphs` ("train" and, when it differs, "eval"), built from
     the model in its `__init__`."""
     codes = {mode: _method(graph, imports, batch) for mode, graph in graphs.items()}
-    found = [t for graph in graphs.values() for t in _targets(graph)]
+    found = [t for graph in graphs.values() for t in graph_targets(graph)]
     targets = [t for t in found if not _is_constant(model, t)]
     constants = tuple(_constant(model, t) for t in dict.fromkeys(found) if _is_constant(model, t))
     train = codes["train"]
@@ -139,10 +136,6 @@ def _register(name: str, expression: str) -> str:
 
 def _plain(code: str) -> str:
     return re.sub(r"  # .*$", "", code, flags=re.MULTILINE)
-
-
-def _targets(graph: fx.Graph) -> list[str]:
-    return [str(n.target) for n in graph.nodes if n.op in ("call_module", "get_attr")]
 
 
 def _rename(code: str, method: str) -> str:

@@ -3,41 +3,16 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from schemas import SplitSpec, load_spec, parse_size
+from schemas import SplitSpec, show_size
 from schemas.spec import AuxSection
-from splitter.analysis import Analysis, analyze
-from splitter.costs import Balance, BlockCost, CostModel, Settings
-from splitter.cuts import CutPoint
-from splitter.errors import SplitterError, UsageError
-from splitter.modelref import ModelOptions, merge_options
-
-Cost = Callable[[int, int, int], float]
-
-
-def min_max(cost: Cost, n: int, blocks: int) -> tuple[list[int], float]:
-    """Boundaries 0 = b_0 < b_1 < ... < b_K = n minimising max_k cost(k, b_k, b_k+1), exactly
-    (dynamic programming, O(K n^2) cost calls). Among equal choices the later cut wins."""
-    if not 1 <= blocks <= n:
-        raise ValueError(f"{blocks} blocks need {blocks - 1} of the {n - 1} cuts")
-    best = [[math.inf] * (n + 1) for _ in range(blocks + 1)]
-    choice = [[0] * (n + 1) for _ in range(blocks + 1)]
-    best[0][0] = 0.0
-    for k in range(1, blocks + 1):
-        last_j = n if k == blocks else n - (blocks - k)
-        for j in range(k, last_j + 1):
-            if k == blocks and j != n:
-                continue
-            for i in range(k - 1, j):
-                value = max(best[k - 1][i], cost(k - 1, i, j))
-                if value <= best[k][j]:
-                    best[k][j], choice[k][j] = value, i
-    bounds = [n]
-    for k in range(blocks, 0, -1):
-        bounds.append(choice[k][bounds[-1]])
-    return bounds[::-1], best[blocks][n]
+from splitter.analysis.costs import Balance, BlockCost, CostModel, Settings
+from splitter.analysis.cuts import CutPoint
+from splitter.analysis.model import Analysis
+from splitter.errors import SplitterError
+from splitter.runtime.minmax import Cost, min_max
 
 
 @dataclass
@@ -107,9 +82,9 @@ def partition_budget(
             best = found
     assert best is not None
     raise SplitterError(
-        f"no partition fits the budget of {_gib(budget)}: the best local peak is "
-        f"{_gib(best.local_peak_bytes)} with {len(best.blocks)} blocks (fixed part "
-        f"{_gib(best.fixed_bytes)}); raise the budget, lower the batch size or the precision"
+        f"no partition fits the budget of {show_size(budget)}: the best local peak is "
+        f"{show_size(best.local_peak_bytes)} with {len(best.blocks)} blocks (fixed part "
+        f"{show_size(best.fixed_bytes)}); raise the budget, lower the batch size or the precision"
     )
 
 
@@ -155,11 +130,6 @@ def _result(model: CostModel, balance: Balance, bounds: Sequence[int]) -> Partit
     )
 
 
-def _gib(n: int) -> str:
-    """A size in GiB, or in MiB below one GiB."""
-    return f"{n / 2**30:,.2f} GiB" if n >= 2**30 else f"{n / 2**20:,.1f} MiB"
-
-
 def evaluate(analysis: Analysis, cuts: Sequence[CutPoint], settings: Settings) -> Partition:
     """The costs of a given split (the spec's cuts), as the partitioner sees them."""
     model = CostModel(analysis, settings)
@@ -178,47 +148,3 @@ def settings_from(spec: SplitSpec | None, aux: str | None, optimizer: str | None
     if optimizer is not None:
         chosen = chosen.model_copy(update={"name": optimizer})
     return Settings(aux_section, chosen, base.training.optimizer_scope)
-
-
-def partition(
-    model: str | None = None,
-    *,
-    blocks: int | None = None,
-    budget: int | str | None = None,
-    balance: Balance = "memory",
-    aux: str | None = None,
-    optimizer: str | None = None,
-    spec: str | None = None,
-    options: ModelOptions | None = None,
-) -> Partition:
-    """Analyse MODEL (else the spec's `model.ref`) and choose its cuts: `blocks` balanced
-    blocks, or the fewest that fit `budget` (bytes, or `8GiB`/`8GB`). The auxiliary and
-    optimizer come from the spec, else `momentum` and SGD; `aux` and `optimizer` override them.
-    The result keeps the spec it started from (`Partition.spec`)."""
-    from splitter.plan import spec_model_ref
-
-    if (blocks is None) == (budget is None):
-        raise UsageError("give exactly one of --blocks K and --budget SIZE")
-    loaded = load_spec(spec) if spec else None
-    if model is None:
-        if spec is None:
-            raise UsageError("pass MODEL, or --spec with a spec that sets `model.ref`")
-        model = spec_model_ref(spec, loaded)
-    options, notes = (
-        merge_options(options or ModelOptions(), loaded.spec)
-        if loaded
-        else (options or ModelOptions(), [])
-    )
-    analysis = analyze(model, options, root=loaded.spec.model.root if loaded else None)
-    analysis.model.warnings.extend(notes)
-    settings = settings_from(loaded.spec if loaded else None, aux, optimizer)
-    if blocks is not None:
-        found = partition_blocks(analysis, blocks, settings, balance)
-    else:
-        try:
-            size = parse_size(budget)  # type: ignore[arg-type]
-        except ValueError as e:
-            raise UsageError(f"--budget: {e}") from None
-        found = partition_budget(analysis, size, settings, balance)
-    found.spec = loaded.spec if loaded else None
-    return found

@@ -13,11 +13,11 @@ from torch import nn
 from torch.utils import _pytree as pytree
 
 from schemas.auxiliary import MlaanAux
-from splitter.cuts import CutPoint
-from splitter.surgery import Block, Surgery, swapped
+from splitter.analysis.cuts import CutPoint
+from splitter.transform.surgery import Block, Surgery, swapped
 
 if TYPE_CHECKING:
-    from splitter.plan import Plan
+    from splitter.partitioning.plan import Plan
 
 TRAIN_RTOL = 1e-6
 

@@ -1,0 +1,1 @@
+"""Emission: Python source from fx graphs, auxiliaries, the package's files, and writing them."""
