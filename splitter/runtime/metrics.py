@@ -1,0 +1,104 @@
+"""Metrics: the progress lines of a run and its metrics.json (under torchrun, every rank's)."""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+from placement import Placement
+from schedules import Pipeline, Schedule
+from step import Step
+
+
+def progress(step: int, s: Step, placement: Placement) -> None:
+    """A line after `step` steps: each block's loss and accuracy on its last batch."""
+    stats = [v for v in s.latest if v is not None]
+    losses = " ".join(f"{float(loss):.3f}" for loss, _ in stats)
+    accs = " ".join(f"{float(acc):.2f}" for _, acc in stats)
+    layout = placement.layout
+    where = ""
+    if layout is not None:
+        blocks = placement.owned
+        where = f"rank {layout.rank} stage {layout.stage} blocks {blocks[0]}-{blocks[-1]} | "
+    end = "\r" if sys.stderr.isatty() and step < s.total and layout is None else "\n"
+    print(f"{where}step {step}/{s.total} | loss {losses} | acc {accs}", end=end, file=sys.stderr)
+
+
+def report(
+    args: argparse.Namespace,
+    s: Step,
+    placement: Placement,
+    evaluations: list[dict[str, Any]],
+    times: list[float],
+    trained: tuple[int, float],
+    schedule: Schedule,
+) -> dict[str, Any]:
+    """The metrics of a run (the keys of metrics.json); under torchrun, of every rank.
+    `trained`: the steps this run trained and the seconds its loop took (evaluation and
+    checkpoints left out); `times`: per step, or per wavefront tick."""
+    layout = placement.layout
+    stats = dict(enumerate(s.latest))
+    mine = {
+        "rank": layout.rank if layout else 0,
+        "replica": layout.replica if layout else 0,
+        "blocks": list(placement.owned),
+        "device": ", ".join(str(d) for d in placement.devices[: 1 if layout else None]),
+        "block_losses": {k: float(v[0]) for k, v in stats.items() if v is not None},
+        "block_accuracy": {k: float(v[1]) for k, v in stats.items() if v is not None},
+        **s.memory.figures(),
+        "step_time_s": statistics.median(times) if times else None,
+        "training_s": trained[1],
+    }
+    ranks = schedule.gather_report(mine) if isinstance(schedule, Pipeline) else [mine]
+    firsts = [r for r in ranks if r["replica"] == 0]  # a replica's losses are on its slice
+    losses = {k: v for r in firsts for k, v in r["block_losses"].items()}
+    accs = {k: v for r in firsts for k, v in r["block_accuracy"].items()}
+    slowest = max(r["training_s"] for r in ranks)
+    metrics = {
+        "mode": args.mode,
+        "data": args.data,
+        "steps": s.total,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "device": ", ".join(r["device"] for r in ranks),
+        "precision": args.precision,
+        "block_losses": [losses[k] for k in sorted(losses)],
+        "block_accuracy": [accs[k] for k in sorted(accs)],
+        "test_accuracy": evaluations[-1]["test_accuracy"] if evaluations else None,
+        "evaluations": evaluations,
+        **{
+            key: max_or_none(r[key] for r in ranks)
+            for key in ("peak_memory_bytes", "peak_tensor_bytes", "peak_rss_bytes")
+        },
+        "peak_memory_method": mine["peak_memory_method"],
+        "peak_tensor_method": mine["peak_tensor_method"],
+        "malloc": s.allocator.mode,
+        "step_time_s": max_or_none(r["step_time_s"] for r in ranks),
+        "samples_per_s": args.batch_size * trained[0] / slowest if slowest > 0 else None,
+        "schedule": type(schedule).__name__.lower(),
+        "groups": [[g.start, g.stop - 1] for g in placement.groups],
+        "ranks": ranks if len(ranks) > 1 else [],
+    }
+    return metrics
+
+
+def max_or_none(values: Iterator[Any]) -> Any:
+    found = [v for v in values if v is not None]
+    return max(found) if found else None
+
+
+def memory_line(metrics: dict[str, Any]) -> str:
+    """`peak memory 303.6 MiB (saved_tensor_bytes), tensors 350.2 MiB, RSS 1,203.5 MiB`."""
+    saved, method = metrics["peak_memory_bytes"] / 2**20, metrics["peak_memory_method"]
+    line = f"peak memory {saved:,.1f} MiB ({method})"
+    if (
+        metrics["peak_tensor_bytes"] is not None
+        and metrics["peak_tensor_method"] != metrics["peak_memory_method"]
+    ):
+        line += f", tensors {metrics['peak_tensor_bytes'] / 2**20:,.1f} MiB"
+    if metrics["peak_rss_bytes"] is not None:
+        line += f", RSS {metrics['peak_rss_bytes'] / 2**20:,.1f} MiB"
+    return line

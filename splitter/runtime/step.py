@@ -1,0 +1,191 @@
+"""One training step: every block on one batch, each on its local loss (or e2e: the whole)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import data
+import pipeline
+from auxiliary import InfoPro
+from memory import Allocator, Usage
+from settings import LOCK
+
+
+@dataclass
+class Parts:
+    """The user's model, the blocks sharing its modules, and the blocks' auxiliaries."""
+
+    model: nn.Module
+    blocks: nn.ModuleList
+    auxiliaries: nn.ModuleList
+    num_classes: int
+    windows: list[int]
+    """How many blocks each block's loss trains (more than 1 only for MLAAN)."""
+
+    @property
+    def reach(self) -> int:
+        """The most blocks one auxiliary's loss trains: how many block inputs a step keeps."""
+        return max(self.windows)
+
+    @property
+    def last(self) -> int:
+        return len(self.blocks) - 1
+
+
+def select_output(out: Any) -> torch.Tensor:
+    """The output the task loss uses (`model.output` of the spec; default the first)."""
+    key = LOCK["model"]["output"]
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, dict):
+        return out[key] if key is not None else next(iter(out.values()))  # type: ignore[no-any-return]
+    if isinstance(key, str):
+        return getattr(out, key)  # type: ignore[no-any-return]
+    return out[key or 0]  # type: ignore[no-any-return]
+
+
+class Local(nn.Module):
+    """Block k and its auxiliary (none for the last block, which trains on the task loss):
+    returns the block's output, its local loss and the logits the loss was computed on."""
+
+    def __init__(self, block: nn.Module, auxiliary: nn.Module | None) -> None:
+        super().__init__()
+        self.block, self.auxiliary = block, auxiliary
+
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor, image: torch.Tensor, history: list[torch.Tensor]
+    ) -> tuple[Any, torch.Tensor, torch.Tensor]:
+        out = self.block(x)
+        if self.auxiliary is None:
+            logits = select_output(out)
+            return out, F.cross_entropy(logits, y), logits
+        loss, logits = self.auxiliary(out, y, image, history)
+        return out, loss, logits
+
+
+def needs_image(auxiliary: nn.Module) -> bool:
+    """Whether an auxiliary reconstructs the un-normalised input (InfoPro's decoder)."""
+    return any(isinstance(m, InfoPro) for m in auxiliary.modules())
+
+
+@dataclass
+class Flight:
+    """One batch on its way through the blocks."""
+
+    step: int | None
+    x: torch.Tensor
+    """The input of the next block."""
+    y: torch.Tensor
+    image: torch.Tensor
+    """The un-normalised input, for auxiliaries that reconstruct it (else empty)."""
+    history: list[torch.Tensor]
+    """The detached inputs of the last blocks (MLAAN recomputes its window from them)."""
+
+    def to(self, device: torch.device) -> Flight:
+        def move(t: torch.Tensor) -> torch.Tensor:
+            return t.to(device, non_blocking=True)
+
+        history = [move(t) for t in self.history]
+        return Flight(self.step, history[-1], move(self.y), move(self.image), history)
+
+
+@dataclass
+class Step:
+    """Everything a training step needs."""
+
+    parts: Parts
+    locals: list[nn.Module]
+    """Block k with its auxiliary (wrapped in DDP for data-parallel replicas)."""
+    optimizers: list[torch.optim.Optimizer]
+    scaler: torch.amp.GradScaler
+    memory: Usage
+    allocator: Allocator
+    autocast: Callable[[], Any]
+    """A fresh autocast context (disabled in fp32)."""
+    dataset: data.Data
+    random: pipeline.BlockRandom
+    lr: Callable[[int], float]
+    """The learning rate at a step (the schedule)."""
+    total: int
+    """The steps of the run."""
+    per_epoch: int
+    latest: list[tuple[torch.Tensor, torch.Tensor] | None] = field(init=False)
+    """Each block's loss and accuracy on the last batch it trained on (None before one)."""
+    before_ema: dict[int, Callable[[int | None], None]] = field(default_factory=dict)
+    """What runs before block k's EMA update (receiving a source from another rank)."""
+
+    def __post_init__(self) -> None:
+        self.latest = [None] * len(self.parts.blocks)
+
+    @property
+    def per_block(self) -> bool:
+        return len(self.optimizers) > 1
+
+
+def block_step(s: Step, k: int, f: Flight) -> None:
+    """Block k on the detached output of the block before: forward, local loss, backward at
+    once, its auxiliary's EMA update, and (per-block optimizers) its optimizer step."""
+    with s.random.use(k), s.memory.saved.watch(), s.autocast():
+        out, loss, logits = s.locals[k](f.x, f.y, f.image, f.history)
+    s.scaler.scale(loss).backward()
+    s.memory.saved.release()
+    if k < s.parts.last:
+        if k in s.before_ema:
+            s.before_ema[k](f.step)
+        s.parts.auxiliaries[k].after_backward()  # type: ignore[operator]
+        f.x = out.detach()
+        f.history = [*f.history[1:], f.x] if len(f.history) >= s.parts.reach else [*f.history, f.x]
+    if s.per_block:
+        step_optimizer(s, s.optimizers[k], f.step)
+    s.latest[k] = (loss.detach(), accuracy(logits, f.y))
+    s.allocator.release()  # what this block freed goes back before the next one runs
+
+
+def local_step(
+    s: Step, x: torch.Tensor, y: torch.Tensor, step: int | None = None
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Every block on one batch, in order (the sequential schedule); each block's loss and
+    accuracy. `step` sets the learning rate by the schedule (None: as the optimizers have it)."""
+    f = Flight(step, x, y, s.dataset.unnormalise(x), [x])
+    for k in range(len(s.parts.blocks)):
+        block_step(s, k, f)
+    if not s.per_block:
+        step_optimizer(s, s.optimizers[0], step)
+    s.scaler.update()
+    return [v for v in s.latest if v is not None]
+
+
+def e2e_step(
+    s: Step, x: torch.Tensor, y: torch.Tensor, step: int | None = None
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The unsplit model on the task loss, one backward through everything."""
+    with s.memory.saved.watch(), s.autocast():
+        logits = select_output(s.parts.model(x))
+        loss = F.cross_entropy(logits, y)
+    s.scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
+    s.memory.saved.release()
+    step_optimizer(s, s.optimizers[0], step)
+    s.scaler.update()
+    s.allocator.release()
+    s.latest = [(loss.detach(), accuracy(logits, y))]
+    return s.latest  # type: ignore[return-value]
+
+
+def step_optimizer(s: Step, optimizer: torch.optim.Optimizer, step: int | None) -> None:
+    """An optimizer's step at the schedule's learning rate (`step` None: its own), then its
+    gradients cleared."""
+    if step is not None:
+        for group in optimizer.param_groups:
+            group["lr"] = s.lr(step)
+    s.scaler.step(optimizer)
+    optimizer.zero_grad(set_to_none=True)
+
+
+def accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return (logits.detach().argmax(dim=1) == y).float().mean()
