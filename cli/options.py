@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import Sequence
+from typing import Annotated, Literal, get_args
 
 import typer
 
+from schemas.auxiliary import AUX_KINDS
+from schemas.spec import AutoPartition, OptimizerConfig
+from splitter.errors import UsageError
 from splitter.frontend.modelref import (
     DTYPES,
+    PRECISIONS,
     ModelOptions,
     check_precision,
     parse_input_shape,
@@ -15,10 +20,35 @@ from splitter.frontend.modelref import (
 )
 
 OutputFormat = Literal["table", "json"]
+FORMATS: tuple[str, ...] = get_args(OutputFormat)
+BALANCES: tuple[str, ...] = get_args(AutoPartition.model_fields["balance"].annotation)
+OPTIMIZERS: tuple[str, ...] = get_args(OptimizerConfig.model_fields["name"].annotation)
+CHOICES: dict[str, tuple[str, ...]] = {
+    "format": FORMATS,
+    "balance": BALANCES,
+    "aux": AUX_KINDS,
+    "optimizer": OPTIMIZERS,
+}
+"""The values of each option that takes one of a list, from the spec's models."""
+
+
+def either(values: Sequence[str]) -> str:
+    """`a, b or c`, for help texts."""
+    return f"{', '.join(values[:-1])} or {values[-1]}" if len(values) > 1 else "".join(values)
+
+
+def check_choices(**given: str | None) -> None:
+    """Each given option's value is one of `CHOICES` (usage errors exit 2)."""
+    for name, value in given.items():
+        if value is not None and value not in CHOICES[name]:
+            allowed = ", ".join(CHOICES[name])
+            raise UsageError(f"--{name} `{value}` is unknown; use one of {allowed}")
+
 
 ModelRef = Annotated[
     str,
     typer.Argument(
+        metavar="MODEL",
         help="`path/model.py` (calls build_model), `path/model.py:NAME`, `torchvision:NAME` "
         "or `timm:NAME`. Loading a model file runs its code.",
         show_default=False,
@@ -26,31 +56,59 @@ ModelRef = Annotated[
 ]
 ModelArg = Annotated[
     list[str] | None,
-    typer.Option("--model-arg", help="k=v for the model builder (a Python literal); repeatable."),
+    typer.Option(
+        "--model-arg",
+        metavar="K=V",
+        help="An argument of the model builder (a Python literal); repeatable.",
+    ),
 ]
 InputShape = Annotated[
     str | None,
-    typer.Option(help="Shape of one sample without the batch, any rank: `3,224,224` or `128`."),
+    typer.Option(
+        metavar="SHAPE",
+        help="Shape of one sample without the batch, any rank: `3,224,224` or `128`.",
+    ),
 ]
 InputDtype = Annotated[
-    str | None, typer.Option(help=f"Input dtype: {', '.join(DTYPES)} (default float32).")
+    str | None,
+    typer.Option(metavar="DTYPE", help=f"Input dtype: {either(list(DTYPES))} (default float32)."),
 ]
 BatchSize = Annotated[
-    int | None, typer.Option(min=1, help="Batch size for cost estimates (default 32).")
+    int | None, typer.Option(min=1, metavar="N", help="Batch size for cost estimates (default 32).")
 ]
 PrecisionOpt = Annotated[
-    str | None, typer.Option(help="fp32, bf16 or fp16 (default: the spec's, else fp32).")
+    str | None,
+    typer.Option(
+        metavar="PRECISION",
+        help=f"{either(PRECISIONS)} (default: the spec's, else fp32).",
+    ),
 ]
 Leaf = Annotated[
     list[str] | None,
-    typer.Option("--leaf", help="Module FQN or class path not to trace into; repeatable."),
+    typer.Option(
+        "--leaf", metavar="FQN", help="Module FQN or class path not to trace into; repeatable."
+    ),
 ]
 Format = Annotated[
-    str, typer.Option("--format", help="`table` (rich, stdout) or `json` (stdout: JSON only).")
+    str,
+    typer.Option(
+        "--format",
+        metavar="FORMAT",
+        help="`table` (rich, stdout) or `json` (stdout: JSON only).",
+    ),
 ]
 Plot = Annotated[
     str | None,
-    typer.Option(help="Draw the block graph and its memory into this .svg, .png or .html file."),
+    typer.Option(
+        metavar="FILE",
+        help="Draw the block graph and its memory into this .svg, .png or .html file.",
+    ),
+]
+Wide = Annotated[
+    bool,
+    typer.Option(
+        "--wide", help="Show every table column, however wide (default: fit the terminal)."
+    ),
 ]
 
 

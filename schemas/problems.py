@@ -163,9 +163,15 @@ def _bad_index(path: Path, error: ErrorDetails) -> str:
 
 
 def _bad_kind(path: Path, error: ErrorDetails, data: object) -> Problem:
-    kinds = _kinds(_models(_annotation(path, data)))
+    models = _models(_annotation(path, data))
+    kinds = _kinds(models)
     listed = ", ".join(f"`{kind}`" for kind in kinds)
     if error["type"] == "union_tag_not_found":
+        typo = _kind_typo(_value(data, path), models, kinds)
+        if typo is not None:
+            needs = f"`{_dotted(path)}` needs `kind:` with one of {listed}"
+            message = f"unknown key `{typo}`; did you mean `kind`? ({needs})"
+            return Problem((*path, typo), message, at_key=True)
         message = f"`{_dotted(path)}` has no `kind`; add `kind:` with one of {listed}"
         return Problem(path, message, at_key=True)
     tag = str(error.get("ctx", {}).get("tag", ""))
@@ -173,6 +179,21 @@ def _bad_kind(path: Path, error: ErrorDetails, data: object) -> Problem:
     guess = f"did you mean `{close[0]}`? " if close else ""
     message = f"`{tag}` is not an auxiliary kind here; {guess}use one of {listed}"
     return Problem((*path, "kind"), message)
+
+
+def _kind_typo(value: object, models: list[type[BaseModel]], kinds: list[str]) -> Key | None:
+    """The key of a mapping without `kind` that stands for it: a key no auxiliary has that is
+    spelled like `kind` (`knd`, `Kind`) or whose value is a kind (`type: conv`)."""
+    if not isinstance(value, dict):
+        return None
+    known = {name for model in models for name in model.model_fields}
+    entries: dict[Key, object] = value
+    for key, item in entries.items():
+        if str(key) in known:
+            continue
+        if difflib.get_close_matches(str(key).lower(), ["kind"], cutoff=0.6) or item in kinds:
+            return key
+    return None
 
 
 def _kinds(models: list[type[BaseModel]]) -> list[str]:

@@ -89,12 +89,13 @@ def test_detection_model_suggests_a_root(cli: CliRunner) -> None:
 
 
 SURFACE = {
-    "inspect": ["--spec", "--format"],
-    "verify": ["--format"],
+    "inspect": ["--spec", "--format", "--wide"],
+    "verify": ["--format", "--wide"],
     "partition": ["--blocks", "--budget", "--balance", "--aux", "--optimizer", "--spec",
-                  "--output", "--force", "--format"],
+                  "--output", "--force", "--format", "--wide"],
     "compile": ["--output", "--force", "--blocks", "--aux"],
     "schema": [],
+    "plot-run": ["--output", "--force"],
 }
 MODEL_OPTIONS = ["--model-arg", "--input-shape", "--input-dtype", "--batch-size", "--precision",
                  "--leaf"]
@@ -105,7 +106,7 @@ def test_cli_surface(command: str) -> None:
     """Freezes the commands, their options and the shared model options."""
     result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
-    shared = MODEL_OPTIONS if command != "schema" else []
+    shared = MODEL_OPTIONS if command not in ("schema", "plot-run") else []
     for option in [*SURFACE[command], *shared]:
         assert option in result.stdout, (command, option)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from splitter.errors import ModelLoadError, UsageError
 from splitter.frontend.modelref import (
     ModelOptions,
     load_model,
+    nearest_file,
     parse_input_shape,
     parse_model_args,
 )
@@ -102,3 +104,53 @@ def test_model_without_input_shape_asks_for_it(tmp_path: Path) -> None:
 def test_unknown_torchvision_name_suggests_close_ones() -> None:
     with pytest.raises(ModelLoadError, match=r"did you mean `torchvision:resnet50`"):
         load_model("torchvision:resnet5")
+
+
+def _model_folder(root: Path) -> Path:
+    folder = root / "examples" / "net"
+    folder.mkdir(parents=True)
+    (folder / "model.py").write_text("def build_model():\n    raise AssertionError\n")
+    (folder / "data.txt").write_text("not a model\n")
+    return folder
+
+
+@pytest.mark.parametrize(("typed", "meant"), [
+    ("exmaples/net/model.py", "examples/net/model.py"),  # a misspelled folder
+    ("examples/net/model.pyy", "examples/net/model.py"),  # a misspelled suffix
+    ("examples/nte/modle.py", "examples/net/model.py"),  # both
+    ("examples/net", "examples/net/model.py"),  # the folder, not the file
+])
+def test_a_mistyped_model_file_suggests_the_nearest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, typed: str, meant: str
+) -> None:
+    _model_folder(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelLoadError, match=rf"did you mean `{re.escape(meant)}`\?.*build_model"):
+        load_model(typed)
+    with pytest.raises(ModelLoadError, match=re.escape(f"did you mean `{tmp_path / meant}`?")):
+        load_model(str(tmp_path / typed))  # absolute paths too
+
+
+def test_a_model_file_with_nothing_near_gets_no_guess(tmp_path: Path) -> None:
+    _model_folder(tmp_path)
+    with pytest.raises(ModelLoadError, match="does not exist") as caught:
+        load_model(str(tmp_path / "examples" / "net" / "weights.py"))
+    assert "did you mean" not in str(caught.value)
+    assert nearest_file(tmp_path / "nowhere" / "at" / "all.py") is None
+
+
+def test_unknown_timm_name_suggests_close_ones_and_how_to_list() -> None:
+    pytest.importorskip("timm")
+    with pytest.raises(ModelLoadError, match=r"did you mean `timm:vit_base_patch16_224`"):
+        load_model("timm:vit_bse_patch16_224")
+    with pytest.raises(ModelLoadError) as caught:
+        load_model("timm:nonexistent")
+    message = str(caught.value)
+    assert "did you mean" not in message
+    assert message.endswith("`python -c 'import timm; print(timm.list_models())'` lists them")
+
+
+def test_timm_name_with_a_pretrained_tag_builds() -> None:
+    pytest.importorskip("timm")
+    model = load_model("timm:resnet18.a1_in1k", ModelOptions(input_shape=(3, 32, 32)))
+    assert type(model.module).__name__ == "ResNet"

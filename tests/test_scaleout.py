@@ -317,6 +317,7 @@ def start_long_run(
     return procs
 
 
+@pytest.mark.slow  # several processes: CI runs it (`pytest -m slow`)
 def test_a_killed_rank_stops_the_others_and_resume_reaches_the_same_weights(
     packages: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -348,6 +349,7 @@ def test_a_killed_rank_stops_the_others_and_resume_reaches_the_same_weights(
     assert same(weights(tmp_path / "resumed.pt"), weights(tmp_path / "whole.pt"))
 
 
+@pytest.mark.slow  # several processes: CI runs it (`pytest -m slow`)
 def test_resuming_a_momentum_pipeline_sees_the_same_stale_sources(
     packages: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -421,6 +423,7 @@ def test_torchrun_starts_the_pipeline(packages: dict[str, Path], tmp_path: Path)
     assert len(metrics["block_losses"]) == 5 and metrics["samples_per_s"] > 0
 
 
+@pytest.mark.slow  # several processes: CI runs it (`pytest -m slow`)
 def test_data_parallel_replicas_average_their_gradients(
     packages: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -435,6 +438,7 @@ def test_data_parallel_replicas_average_their_gradients(
     assert len(metrics["ranks"]) == 4
 
 
+@pytest.mark.slow  # several processes: CI runs it (`pytest -m slow`)
 def test_a_hung_rank_times_out_the_others(packages: dict[str, Path], tmp_path: Path) -> None:
     """A rank that stops answering (SIGSTOP) is given `--timeout` seconds, then its peer
     exits with an error naming it."""

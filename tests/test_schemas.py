@@ -224,6 +224,19 @@ def test_unknown_aux_kind() -> None:
     assert "`momentum` is not an auxiliary kind here" in message and "`infopro`" in message
 
 
+def test_a_misspelled_kind_is_named_with_the_fix() -> None:
+    """`knd:` is reported as the unknown key it is, not as a missing `kind`."""
+    text = "version: 1\npartition: {cuts: [a]}\naux:\n  default: {knd: linear}\n"
+    line, column, message = only_problem(text)
+    assert (line, column) == (4, 13)
+    assert message.startswith("unknown key `knd`; did you mean `kind`?") and "`mlaan`" in message
+    text = "version: 1\npartition: {cuts: [a]}\naux:\n  blocks:\n    0: {type: conv, width: 8}\n"
+    line, _, message = only_problem(text)
+    assert line == 5 and "unknown key `type`; did you mean `kind`?" in message
+    _, _, message = only_problem("version: 1\npartition: {cuts: [a]}\naux: {default: {width: 8}}\n")
+    assert "`aux.default` has no `kind`; add `kind:`" in message
+
+
 def test_bad_value_inside_an_aux_override() -> None:
     text = "version: 1\npartition: {cuts: [a]}\naux:\n  blocks:\n    1: {kind: conv, width: -3}\n"
     line, column, message = only_problem(text)

@@ -38,24 +38,38 @@ def write_package(
 
 
 def _check_target(out: Path, force: bool) -> None:
+    """Refuse a file, a folder of something else, and a package without `force`: each message
+    says what is there and what `force` would do."""
     if out.exists() and not out.is_dir():
-        raise ArgumentError(f"output `{out}` is a file; pass {{out}} a folder", "out")
+        raise ArgumentError(
+            f"output `{out}` is a file, which {{force}} does not replace; pass {{out}} a folder",
+            "out",
+            "force",
+        )
     if not out.exists() or not any(out.iterdir()):
         return
-    if not force:
-        raise ArgumentError(
-            f"output folder `{out}` is not empty; pass {{force}} to replace it, or {{out}} "
-            "another folder",
-            "force",
-            "out",
-        )
     if not (out / "spec.lock.yaml").is_file():
         raise ArgumentError(
-            f"output folder `{out}` is not a splitter package (no spec.lock.yaml), so {{force}} "
-            "will not replace it; pass {out} a new or empty folder",
+            f"output folder `{out}` is not empty; pass {{force}} only to replace a splitter "
+            f"package: `{out}` holds {_listing(out)} but no spec.lock.yaml, so it is not a "
+            "splitter package and {force} will not replace it; pass {out} a new or empty folder",
             "out",
             "force",
         )
+    if not force:
+        raise ArgumentError(
+            f"output folder `{out}` holds a splitter package (spec.lock.yaml); pass {{force}} "
+            "to replace it with the new one, or {out} another folder",
+            "force",
+            "out",
+        )
+
+
+def _listing(folder: Path) -> str:
+    """A few of the folder's entries, e.g. "`data/`, `notes.txt` and 3 more"."""
+    names = sorted(p.name + "/" * p.is_dir() for p in folder.iterdir())
+    shown = [f"`{name}`" for name in names[:3]] + [f"{len(names) - 3} more"] * (len(names) > 3)
+    return " and ".join([", ".join(shown[:-1]), shown[-1]]) if len(shown) > 1 else shown[0]
 
 
 def _swap(staging: Path, out: Path) -> None:

@@ -29,14 +29,8 @@ PRECISIONS: tuple[Precision, ...] = ("fp32", "bf16", "fp16")
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_IMAGE_SHAPE = (3, 224, 224)
 DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float64": torch.float64,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "int64": torch.int64,
-    "int32": torch.int32,
-    "uint8": torch.uint8,
-    "bool": torch.bool,
+    name: getattr(torch, name)
+    for name in ("float32", "float64", "float16", "bfloat16", "int64", "int32", "uint8", "bool")
 }
 
 
@@ -165,15 +159,20 @@ def _build_torchvision(name: str, kwargs: Mapping[str, object]) -> nn.Module:
 
     known = torchvision.models.list_models()
     if name not in known:
-        close = difflib.get_close_matches(name, known, n=3)
-        hint = f"did you mean {', '.join(f'`torchvision:{c}`' for c in close)}?" if close else ""
-        raise ModelLoadError(
-            f"`torchvision:{name}` is not a torchvision model; {hint} "
-            "`python -c 'import torchvision; print(torchvision.models.list_models())'` lists them"
-        )
+        raise _not_a_model("torchvision", name, known)
     builder = torchvision.models.get_model_builder(name)
     defaults = torchvision_defaults(name)
     return _call_builder(f"torchvision:{name}", builder, {**defaults, **kwargs})
+
+
+def _not_a_model(library: str, name: str, known: list[str]) -> ModelLoadError:
+    close = difflib.get_close_matches(name, known, n=3)
+    hint = f"did you mean {', '.join(f'`{library}:{c}`' for c in close)}? " if close else ""
+    lister = f"{library}{'.models' * (library == 'torchvision')}.list_models()"
+    return ModelLoadError(
+        f"`{library}:{name}` is not a {library} model; {hint}"
+        f"`python -c 'import {library}; print({lister})'` lists them"
+    )
 
 
 def torchvision_defaults(name: str) -> dict[str, object]:
@@ -194,11 +193,8 @@ def _build_timm(name: str, kwargs: Mapping[str, object]) -> nn.Module:
         raise ModelLoadError(
             f"`timm:{name}` needs timm, which is not installed; run `pip install 'splitter[timm]'`"
         ) from e
-    known = timm.list_models()
-    if name not in known:
-        close = difflib.get_close_matches(name, known, n=3)
-        hint = f"did you mean {', '.join(f'`timm:{c}`' for c in close)}?" if close else ""
-        raise ModelLoadError(f"`timm:{name}` is not a timm model; {hint}")
+    if not timm.is_model(name):
+        raise _not_a_model("timm", name, timm.list_models())
     return _call_builder(f"timm:{name}", timm.create_model, {"pretrained": False, **kwargs}, name)
 
 
@@ -237,8 +233,11 @@ def _is_model_factory(value: object) -> bool:
 def import_model_file(path: Path) -> ModuleType:
     """Import a user's model file (this runs their code) with its folder importable."""
     if not path.is_file():
+        close = nearest_file(path)
+        hint = f"did you mean `{close}`? " if close else ""
+        there = "is a folder" if path.is_dir() else "does not exist"
         raise ModelLoadError(
-            f"model file `{path}` does not exist; pass a Python file that defines "
+            f"model file `{path}` {there}; {hint}pass a Python file that defines "
             "`build_model(**kwargs)`, `torchvision:NAME` or `timm:NAME`"
         )
     resolved = path.resolve()
@@ -267,6 +266,28 @@ def import_model_file(path: Path) -> ModuleType:
             "fix the model file and run again"
         ) from None
     return module
+
+
+def nearest_file(path: Path) -> Path | None:
+    """The Python file a mistyped `path` most likely means, each missing part replaced by the
+    closest name in its folder (`exmaples/` by `examples/`, `model.pyy` by `model.py`); for a
+    folder, its Python file closest to `model.py`. None when nothing is close."""
+    current = Path(path.anchor)
+    parts = [*path.parts[1 if path.anchor else 0 :], *([""] if path.is_dir() else [])]
+    for k, part in enumerate(parts):
+        if part and (current / part).exists():
+            current = current / part
+            continue
+        try:
+            last = k == len(parts) - 1
+            names = [p.name for p in current.iterdir() if p.suffix == ".py" or not last]
+        except OSError:
+            return None
+        close = difflib.get_close_matches(part or "model.py", names, 1, 0.6 if part else 0)
+        if not close:
+            return None
+        current = current / close[0]
+    return current if current.is_file() and current != path else None
 
 
 def _call_builder(
@@ -328,11 +349,9 @@ def _resolve_input(
             "pass --input-shape (per sample, e.g. `3,32,32`) or add `def example_inputs()` "
             "returning a batch to the model file"
         )
-    dtype_name = options.input_dtype
-    dtype = parse_dtype(dtype_name) if dtype_name else None
+    dtype = parse_dtype(options.input_dtype) if options.input_dtype else None
     _warn_disagreement(options, example, notes)
-    keep_example = example is not None and shape == example_shape
-    if keep_example and example is not None:
+    if example is not None and shape == example_shape:
         if dtype is not None and dtype != example.dtype:
             example = example.to(dtype)
         return InputSpec(shape, example.dtype, example)

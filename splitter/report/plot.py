@@ -5,6 +5,7 @@ local-training memory against the end-to-end peak. Writes `.svg`, `.png` or a se
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,33 +42,38 @@ def check_plot_path(path: str, force: bool) -> Path:
 
 def save(pic: Picture, path: Path) -> None:
     """Draw `pic` into `path` (its suffix picks the format), atomically."""
-    suffix = path.suffix.lower()
-    if suffix == ".html":
-        data = page(pic, svg_text(pic)).encode()
-    else:
-        buffer = io.BytesIO()
-        _save_figure(pic, buffer, suffix[1:])
-        data = buffer.getvalue()
-    write_atomically(path, data)
+    write_figure(path, lambda: draw(pic), lambda svg: page(pic, svg))
 
 
 def svg_text(pic: Picture) -> str:
     """The picture as an SVG document whose labels are text, not paths."""
-    buffer = io.BytesIO()
-    _save_figure(pic, buffer, "svg")
-    return buffer.getvalue().decode()
+    return figure_data(lambda: draw(pic), "svg").decode()
 
 
-def _save_figure(pic: Picture, target: io.BytesIO, fmt: str) -> None:
+def write_figure(path: Path, make: Callable[[], Any], html: Callable[[str], str]) -> None:
+    """Write the Figure `make()` draws into `path`, atomically: `.svg`, `.png`, or `.html`
+    (`html` turns the SVG text into the page)."""
+    suffix = path.suffix.lower()
+    if suffix == ".html":
+        data = html(figure_data(make, "svg").decode()).encode()
+    else:
+        data = figure_data(make, suffix[1:])
+    write_atomically(path, data)
+
+
+def figure_data(make: Callable[[], Any], fmt: str) -> bytes:
+    """The Figure `make()` draws, saved as `fmt`. In SVG text stays text (searchable,
+    selectable), and fixed ids and no date make the file reproducible."""
     import matplotlib
 
-    # Text stays text in SVG (searchable, selectable); fixed ids make the file reproducible.
+    buffer = io.BytesIO()
     with matplotlib.rc_context(
         {"svg.fonttype": "none", "svg.hashsalt": "splitter", "text.parse_math": False}
     ):
-        figure = draw(pic)
+        figure = make()
         metadata = {"Date": None} if fmt == "svg" else {}
-        figure.savefig(target, format=fmt, dpi=DPI, metadata=metadata)
+        figure.savefig(buffer, format=fmt, dpi=DPI, metadata=metadata)
+    return buffer.getvalue()
 
 
 def draw(pic: Picture) -> Any:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+from rich.cells import cell_len
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -113,14 +115,69 @@ def _cut_rows(analysis: Analysis, costs: list[NodeCost]) -> list[dict[str, Any]]
     return rows
 
 
-def table(title: str, columns: list[str], rows: list[list[str]]) -> Table:
-    """A rich table; columns whose name starts with `>` are right-aligned."""
-    out = Table(title=escape(title), title_justify="left")
-    for col in columns:
-        out.add_column(col.lstrip(">"), justify="right" if col.startswith(">") else "left")
+def table(
+    title: str,
+    columns: list[str],
+    rows: list[list[str]],
+    width: int | None = None,
+    drop: Sequence[str] = (),
+    wrap: Sequence[str] = (),
+) -> Table:
+    """A rich table; columns whose name starts with `>` are right-aligned. When it is wider
+    than `width`, the columns named in `drop` are hidden in their order, those in `wrap` wrap
+    between words, then the outer border goes; every other cell stays whole (names are copied
+    from it), folded onto a second line only when even that does not fit."""
+    names = [col.lstrip(">") for col in columns]
+    keep, widths, edge = _fit(names, rows, width, drop, wrap)
+    hidden = [name for k, name in enumerate(names) if k not in keep]
+    note = f"{', '.join(hidden)} hidden to fit {width} columns (--wide shows them)"
+    out = Table(title=escape(title), title_justify="left", show_edge=edge, pad_edge=edge)
+    out.caption, out.caption_justify = (escape(note) if hidden else None), "left"
+    for k, size in zip(keep, widths, strict=True):
+        right = columns[k].startswith(">")
+        out.add_column(names[k], justify="right" if right else "left", width=size, overflow="fold")
     for row in rows:
-        out.add_row(*(escape(cell) for cell in row))
+        out.add_row(*(escape(row[k]) for k in keep))
     return out
+
+
+def _span(widths: Sequence[int], edge: bool = True) -> int:
+    """A table's width: its cells, a space each side of them and the borders between them."""
+    return sum(widths) + 3 * len(widths) + (1 if edge else -3)
+
+
+def _fit(
+    names: list[str],
+    rows: list[list[str]],
+    width: int | None,
+    drop: Sequence[str],
+    wrap: Sequence[str],
+) -> tuple[list[int], list[int | None], bool]:
+    """The columns to show, their widths (None: rich's own) and whether the outer border shows,
+    to fit in `width` characters."""
+    cells = [[row[k] for row in rows] for k in range(len(names))]
+    natural = [
+        max(map(cell_len, [name, *column])) for name, column in zip(names, cells, strict=True)
+    ]
+    if width is None or _span(natural) <= width:
+        return list(range(len(names))), [None] * len(names), True
+    least = []
+    for name, column in zip(names, cells, strict=True):
+        words = [word for cell in column for word in cell.split()] if name in wrap else column
+        least.append(max(map(cell_len, [*name.split(), *words])))
+    keep = list(range(len(names)))
+    for name in drop:
+        if _span([least[k] for k in keep]) <= width:
+            break
+        keep.remove(names.index(name))
+    edge = _span([least[k] for k in keep]) <= width
+    spare = width - _span([least[k] for k in keep], edge)
+    widths: list[int | None] = []
+    for k in keep:
+        grow = max(0, min(spare, natural[k] - least[k]))
+        widths.append(least[k] + grow)
+        spare -= grow
+    return keep, widths, edge
 
 
 def render(report: dict[str, Any], console: Console) -> None:
@@ -138,11 +195,15 @@ def render(report: dict[str, Any], console: Console) -> None:
         for i, row in enumerate(report["cut_points"])
     ]
     columns = [">#", "cut", "shape", ">act. before MiB", ">params before", ">GFLOPs before"]
-    console.print(table(f"Legal cut points of {report['model']}", [*columns, "aliases"], cut_rows))
+    title = f"Legal cut points of {report['model']}"
+    hide = ["GFLOPs before", "params before", "aliases", "act. before MiB", "shape"]
+    width = console.width
+    cuts = table(title, [*columns, "aliases"], cut_rows, width, hide, wrap=["aliases"])
+    console.print(cuts)
     unit_rows = [
         [str(u["index"]), u["start"], u["end"], f"{u['params']:,}"] for u in report["units"]
     ]
-    console.print(table("Units", [">#", "start", "end", ">params"], unit_rows))
+    console.print(table("Units", [">#", "start", "end", ">params"], unit_rows, width, ["params"]))
     block_rows = [
         [
             str(b["index"]),
@@ -157,11 +218,12 @@ def render(report: dict[str, Any], console: Console) -> None:
         for b in report["blocks"]
     ]
     block_columns = [">#", "start", "end", ">params", ">act. MiB", ">GFLOPs", "out", "aux"]
-    console.print(table("Blocks", block_columns, block_rows))
-    console.print(_summary(report))
+    hide = ["GFLOPs", "out", "act. MiB", "params", "aux"]
+    console.print(table("Blocks", block_columns, block_rows, width, hide))
+    console.print(_summary(report, width))
 
 
-def _summary(report: dict[str, Any]) -> Table:
+def _summary(report: dict[str, Any], width: int) -> Table:
     cuts, diffs = report["cut_points"], report["mode_differences"]
     flops = sum(b["flops"] for b in report["blocks"])
     rows = [
@@ -181,7 +243,7 @@ def _summary(report: dict[str, Any]) -> Table:
     if diffs["train_only"] or diffs["eval_only"]:
         rows.append(["cuts legal in train mode only", ", ".join(diffs["train_only"]) or "-"])
         rows.append(["cuts legal in eval mode only", ", ".join(diffs["eval_only"]) or "-"])
-    return table("Summary", ["key", "value"], rows)
+    return table("Summary", ["key", "value"], rows, width, wrap=["value"])
 
 
 def verification_report(plan: Plan, result: Verification) -> dict[str, Any]:
@@ -219,18 +281,11 @@ def render_verification(report: dict[str, Any], console: Console) -> None:
         ]
         for b in report["blocks"]
     ]
-    columns = [
-        ">#",
-        "start",
-        "end",
-        ">params",
-        "eval ==",
-        ">train rel. diff",
-        "isolated",
-        ">trained params",
-        "verdict",
-    ]
-    console.print(table(f"verify {report['model']} with {report['spec']}", columns, rows))
+    columns = [">#", "start", "end", ">params", "eval ==", ">train rel. diff", "isolated"]
+    columns += [">trained params", "verdict"]
+    hide = ["trained params", "train rel. diff", "params", "eval ==", "isolated"]
+    title = f"verify {report['model']} with {report['spec']}"
+    console.print(table(title, columns, rows, console.width, hide, wrap=["verdict"]))
     lines = [
         f"chained output == original (eval): {yes[report['output_equal_eval']]}",
         f"chained output vs original (train, same seed): {report['output_rel_diff_train']:.1e}",
@@ -317,22 +372,14 @@ def render_partition(report: dict[str, Any], console: Console) -> None:
         ]
         for b in report["blocks"]
     ]
-    columns = [
-        ">#",
-        "start",
-        "end",
-        ">variable MiB",
-        ">activations",
-        ">auxiliary",
-        ">gradients",
-        ">params",
-        ">GFLOPs",
-    ]
+    columns = [">#", "start", "end", ">variable MiB", ">activations", ">auxiliary"]
+    columns += [">gradients", ">params", ">GFLOPs"]
+    hide = ["GFLOPs", "params", "gradients", "auxiliary", "activations"]
     title = (
         f"partition of {report['model']}: {len(report['blocks'])} blocks by "
         f"{report['balance']} (aux {report['aux']}, {report['optimizer']})"
     )
-    console.print(table(title, columns, rows))
+    console.print(table(title, columns, rows, console.width, hide))
     for label, key in [
         ("fixed part", "fixed_bytes"),
         ("e2e peak", "e2e_peak_bytes"),

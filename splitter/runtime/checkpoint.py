@@ -4,6 +4,7 @@ file written whole; the model fingerprint they belong to."""
 from __future__ import annotations
 
 import hashlib
+import pickle
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,7 +43,19 @@ def read(path: Path, optimizers: int) -> dict[str, Any]:
         raise CheckpointError(
             f"--resume: no checkpoint at `{path}`; pass the checkpoint.pt of a run"
         )
-    state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, AttributeError) as error:
+        raise CheckpointError(
+            f"--resume: `{path}` is not a checkpoint ({type(error).__name__}: "
+            f"{first_line(error)}); pass the checkpoint.pt a run wrote into its --out"
+        ) from None
+    if not isinstance(state, dict) or not {"step", "model", "optimizers"} <= state.keys():
+        what = "a state_dict (an --export?)" if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(
+            f"--resume: `{path}` holds {what}, not a checkpoint; pass the checkpoint.pt a run "
+            "wrote into its --out"
+        )
     if "block_rng" not in state:
         raise CheckpointError(
             f"`{path}` was written by an older train.py (no per-block generators); resume it "
@@ -54,6 +67,11 @@ def read(path: Path, optimizers: int) -> dict[str, Any]:
             "it was saved in another --mode or optimizer scope; resume it with those"
         )
     return state
+
+
+def first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else "unreadable"
 
 
 def stage_state(
@@ -124,8 +142,14 @@ def load_checkpoint(
     """Restore the modules, optimizers (under torchrun: this stage's), gradient scaler and
     generators (a data-parallel replica's own); the checkpoint's contents."""
     state: dict[str, Any] = read(path, len(s.optimizers))
-    s.parts.model.load_state_dict(state["model"])
-    s.parts.auxiliaries.load_state_dict(state["auxiliaries"])
+    try:
+        s.parts.model.load_state_dict(state["model"])
+        s.parts.auxiliaries.load_state_dict(state["auxiliaries"])
+    except RuntimeError as error:
+        raise CheckpointError(
+            f"`{path}` holds the weights of another model or split ({first_line(error)}); "
+            "resume it with the package that wrote it"
+        ) from None
     mine = owned if owned is not None and s.per_block else range(len(s.optimizers))
     for k in mine:
         s.optimizers[k].load_state_dict(state["optimizers"][k])

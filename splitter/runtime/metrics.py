@@ -1,30 +1,16 @@
-"""Metrics: the progress lines of a run and its metrics.json (under torchrun, every rank's)."""
+"""Metrics: a run's metrics.json (under torchrun, every rank's) and its summary line."""
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 from collections.abc import Iterator
 from typing import Any
 
+from history import NAME as HISTORY
 from placement import Placement
 from schedules import Pipeline, Schedule
 from step import Step
-
-
-def progress(step: int, s: Step, placement: Placement) -> None:
-    """A line after `step` steps: each block's loss and accuracy on its last batch."""
-    stats = [v for v in s.latest if v is not None]
-    losses = " ".join(f"{float(loss):.3f}" for loss, _ in stats)
-    accs = " ".join(f"{float(acc):.2f}" for _, acc in stats)
-    layout = placement.layout
-    where = ""
-    if layout is not None:
-        blocks = placement.owned
-        where = f"rank {layout.rank} stage {layout.stage} blocks {blocks[0]}-{blocks[-1]} | "
-    end = "\r" if sys.stderr.isatty() and step < s.total and layout is None else "\n"
-    print(f"{where}step {step}/{s.total} | loss {losses} | acc {accs}", end=end, file=sys.stderr)
 
 
 def report(
@@ -38,7 +24,10 @@ def report(
 ) -> dict[str, Any]:
     """The metrics of a run (the keys of metrics.json); under torchrun, of every rank.
     `trained`: the steps this run trained and the seconds its loop took (evaluation and
-    checkpoints left out); `times`: per step, or per wavefront tick."""
+    checkpoints left out); `times`: per step, or per wavefront tick. `history`: the per-step
+    file (metrics.jsonl); `groups`: the first and last block of each device's group (one
+    process) or each pipeline stage (torchrun); `ranks`: under torchrun, each rank's own
+    figures (its blocks, device, losses, memory, times), else empty."""
     layout = placement.layout
     stats = dict(enumerate(s.latest))
     mine = {
@@ -79,6 +68,7 @@ def report(
         "step_time_s": max_or_none(r["step_time_s"] for r in ranks),
         "samples_per_s": args.batch_size * trained[0] / slowest if slowest > 0 else None,
         "schedule": type(schedule).__name__.lower(),
+        "history": HISTORY,
         "groups": [[g.start, g.stop - 1] for g in placement.groups],
         "ranks": ranks if len(ranks) > 1 else [],
     }

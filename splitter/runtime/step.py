@@ -119,6 +119,8 @@ class Step:
     """Each block's loss and accuracy on the last batch it trained on (None before one)."""
     before_ema: dict[int, Callable[[int | None], None]] = field(default_factory=dict)
     """What runs before block k's EMA update (receiving a source from another rank)."""
+    stats: dict[int, dict[int, tuple[torch.Tensor, torch.Tensor]]] | None = None
+    """While train() keeps a history: each step's loss and accuracy by block, until taken."""
 
     def __post_init__(self) -> None:
         self.latest = [None] * len(self.parts.blocks)
@@ -143,7 +145,9 @@ def block_step(s: Step, k: int, f: Flight) -> None:
         f.history = [*f.history[1:], f.x] if len(f.history) >= s.parts.reach else [*f.history, f.x]
     if s.per_block:
         step_optimizer(s, s.optimizers[k], f.step)
-    s.latest[k] = (loss.detach(), accuracy(logits, f.y))
+    s.latest[k] = latest = (loss.detach(), accuracy(logits, f.y))
+    if s.stats is not None and f.step is not None:
+        s.stats.setdefault(f.step, {})[k] = latest
     s.allocator.release()  # what this block freed goes back before the next one runs
 
 
@@ -173,7 +177,9 @@ def e2e_step(
     step_optimizer(s, s.optimizers[0], step)
     s.scaler.update()
     s.allocator.release()
-    s.latest = [(loss.detach(), accuracy(logits, y))]
+    s.latest = [latest := (loss.detach(), accuracy(logits, y))]
+    if s.stats is not None and step is not None:
+        s.stats[step] = {0: latest}
     return s.latest  # type: ignore[return-value]
 
 

@@ -1,24 +1,39 @@
 """Train the model as gradient-isolated blocks, each on its own local loss.
 
-    python train.py                          # the data and settings of spec.lock.yaml
+    python train.py                                # the data and settings of spec.lock.yaml
     python train.py --data synthetic --steps 3
-    python train.py --mode e2e               # the unsplit model: same data, optimizer, schedule
+    python train.py --mode e2e --out runs/e2e      # the unsplit model, the same recipe
     python train.py --data cifar10 --data-root ~/data --epochs 100 --out runs/cifar10
-    python train.py --resume runs/checkpoint.pt --export trained.pt
-    python train.py --device cuda:0 cuda:1   # groups of blocks on two GPUs, as a wavefront
-    torchrun --nproc-per-node 4 train.py     # a pipeline: each process trains a stage of blocks
+    python train.py --resume --export trained.pt   # continue from the checkpoint in --out
+    python train.py --steps 0 --export initial.pt  # the initial weights only
+    python train.py --device cuda:0 cuda:1         # groups of blocks on two GPUs, a wavefront
+    torchrun --nproc-per-node 4 train.py           # a pipeline: each process trains a stage
 
 Every setting not given as a flag comes from spec.lock.yaml beside this file. Block k trains on
 the detached output of block k-1 and its auxiliary's loss; its backward runs (and, with the
 `block` optimizer scope, its optimizer steps) before block k+1 starts. The last block trains on
-the task loss. `--out` receives checkpoint.pt and metrics.json.
+the task loss.
+
+`--out` (default runs/<this folder's name>, under the working folder) receives run.json (the
+package and spec that wrote the run: another package's run is not overwritten unless
+`--resume`), checkpoint.pt (after every epoch, every `--save-every` steps and at the end),
+metrics.jsonl (one row per step: see history.py) and metrics.json, the run's summary: its
+settings, each block's last loss and accuracy, the test accuracy after every epoch
+(`evaluations`), the memory peaks and speed, `history` (the name of the per-step file),
+`groups` (the first and last block each device trains, one group per device or pipeline
+stage) and `ranks` (under torchrun: each rank's own figures, its blocks, device, losses and
+memory; empty in one process). Flags are checked, and `--out` made and stamped, before anything
+is built; a refused flag is one `error:` line and exit status 2, a failure while running exit
+status 1. Progress goes to stderr (see progress.py), the summary line to stdout.
 
 With several devices the blocks form contiguous groups balanced by their FLOPs, and group g
 trains on batch t while group g+1 trains on batch t-1; the weights are those of the one-device
 run. Under torchrun each rank owns a stage of blocks (`--stages`, default the world size; more
 processes than stages make data-parallel replicas of each stage), activations and labels go
 forward between ranks, and nothing goes back but the parameters a `momentum` auxiliary keeps an
-EMA of when they live on the next rank: that EMA is one step staler than in one process.
+EMA of when they live on the next rank: that EMA is one step staler than in one process. Rank 0
+writes run.json, the checkpoint, metrics.json and its blocks' metrics.jsonl; rank R its own
+blocks' rows to metrics.rank<R>.jsonl.
 """
 
 from __future__ import annotations
@@ -42,16 +57,20 @@ from torch.nn.parallel import DistributedDataParallel
 import blocks
 import checkpoint
 import data
+import flags
 import model as model_file
 import optim
 import pipeline
 from checkpoint import load_checkpoint, save_checkpoint
+from history import History
 from memory import Allocator, Usage
-from metrics import memory_line, progress, report
+from metrics import memory_line, report
 from placement import Placement, connect, place
+from progress import Progress, announce
+from runfolder import check_file, open_run
 from schedules import Pipeline, Schedule, Sequential, Wavefront, evaluate, segments
 from schedules import batches as batches  # re-exported: scripts and tests drive these too
-from settings import LOCK, PACKAGE, TRAINING, ConfigError
+from settings import LOCK, PACKAGE, TRAINING, ConfigError, FlagError
 from step import Local, Parts, Step
 from step import local_step as local_step  # re-exported
 
@@ -59,40 +78,9 @@ from step import local_step as local_step  # re-exported
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--mode", choices=["local", "e2e"], default="local")
-    p.add_argument("--data", choices=data.DATA_SETS, default=TRAINING["data"]["name"])
-    p.add_argument("--data-root", default=TRAINING["data"]["root"])
-    p.add_argument("--steps", type=int, default=None, help="train this many steps (not --epochs)")
-    p.add_argument("--epochs", type=int, default=TRAINING["epochs"])
-    p.add_argument("--batch-size", type=int, default=TRAINING["batch_size"])
-    p.add_argument("--seed", type=int, default=TRAINING["seed"])
-    p.add_argument(
-        "--device",
-        nargs="+",
-        default=TRAINING["devices"],
-        help="one device, or several for groups of blocks (under torchrun: one per local rank)",
-    )
-    p.add_argument("--stages", type=int, default=TRAINING["stages"], help="pipeline stages")
-    p.add_argument("--timeout", type=float, default=300.0, help="seconds a rank waits for another")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=TRAINING["precision"])
-    p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--compile", action="store_true", help="torch.compile every block")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    p.add_argument("--out", default="runs", help="folder of checkpoint.pt and metrics.json")
-    p.add_argument("--resume", nargs="?", const="", default=None, metavar="PATH")
-    p.add_argument("--export", default=None, metavar="PATH", help="save the model's state_dict")
-    p.add_argument("--save-every", type=int, default=0, help="steps between checkpoints")
-    p.add_argument("--no-checkpoint", action="store_true", help="write no checkpoint.pt")
-    p.add_argument("--eval-batches", type=int, default=None, help="evaluate on this many batches")
-    p.add_argument("--log-every", type=int, default=10, help="steps between progress lines")
-    p.add_argument(
-        "--malloc",
-        choices=Allocator.CHOICES,
-        default="trim",
-        help="how freed memory goes back to the system (glibc): see memory.Allocator",
-    )
-    return p.parse_args(argv)
+    """The flags, each value checked (`FlagError`) before anything is built."""
+    args: argparse.Namespace = flags.parse_args(argv, __doc__.split("\n\nEvery setting")[0])
+    return args
 
 
 # ---------------------------------------------------------------- build
@@ -240,11 +228,15 @@ def make_schedule(s: Step, args: argparse.Namespace, placement: Placement) -> Sc
 def train(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run training as the flags say; returns (and writes) the metrics."""
     args = parse_args(argv)
+    lead = not pipeline.launched() or os.environ.get("RANK", "0") == "0"
+    if args.steps == 0:
+        return export_initial(args, lead)
+    out = open_run(args, lead)  # checked and stamped before anything is built
+    if lead:
+        announce(args, out)
     s, placement = prepare(args)
     schedule = make_schedule(s, args, placement)
     layout = placement.layout
-    lead = layout is None or layout.rank == 0
-    out = Path(args.out)
     start = 0
     if args.resume is not None:
         where = Path(args.resume or out / "checkpoint.pt")
@@ -252,30 +244,32 @@ def train(argv: Sequence[str] | None = None) -> dict[str, Any]:
         start = int(state["step"])
         if isinstance(schedule, Pipeline):
             schedule.resume(state)
+    history = History(out, s, placement, start)
+    shown = Progress(s, placement, args, start, lead)
     times: list[float] = []
     evaluations: list[dict[str, Any]] = []
     training_s, a = 0.0, start
     for b in segments(args, start, s.total, s.per_epoch):
         began = time.perf_counter()
         for step in schedule.run(a, b, times):
-            if (step + 1) % args.log_every == 0 or step + 1 == s.total:
-                progress(step + 1, s, placement)
+            if shown.after(step, history.add(step, times[-1] if times else None)):
+                history.flush()
         training_s += time.perf_counter() - began
+        history.flush()  # every row up to a checkpoint is written before it
         if b % s.per_epoch == 0 or b == s.total:
             acc = evaluate(schedule, s, args)
             evaluations.append({"step": b, "test_accuracy": acc})
-            if lead:
-                print(f"step {b}: test accuracy {acc:.4f}", file=sys.stderr)
+            shown.evaluated(b, acc)
         if saving(args, b, s.per_epoch, s.total):
             save(out / "checkpoint.pt", b, s, schedule)
         a = b
+    shown.close()
     schedule.close()
     trained = (s.total - start, training_s)
     metrics: dict[str, Any] = report(args, s, placement, evaluations, times, trained, schedule)
     if args.export:
         export(args.export, s, schedule)
     if lead:
-        out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         print(
             f"test accuracy {metrics['test_accuracy']}; {memory_line(metrics)}; "
@@ -285,6 +279,17 @@ def train(argv: Sequence[str] | None = None) -> dict[str, Any]:
         dist.barrier()  # no rank leaves (taking its connections) while another still talks
         dist.destroy_process_group()
     return metrics
+
+
+def export_initial(args: argparse.Namespace, lead: bool) -> dict[str, Any]:
+    """`--steps 0 --export PATH`: the model's state_dict before any step (seeded as a run's),
+    and nothing else written."""
+    check_file(Path(args.export), "--export")
+    if lead:
+        Path(args.export).parent.mkdir(parents=True, exist_ok=True)
+        torch.save(build(args.seed).model.state_dict(), args.export)
+        print(f"initial weights (before any step): {args.export}")
+    return {"steps": 0, "export": args.export}
 
 
 # ---------------------------------------------------------------- saving and reporting
@@ -314,24 +319,34 @@ def export(path: str, s: Step, schedule: Schedule) -> None:
     if isinstance(schedule, Pipeline):
         whole = schedule.gather(s.total, model_only=True)
         if whole is not None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
             torch.save(whole["model"], path)
     else:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         torch.save(s.parts.model.state_dict(), path)
 
 
 def main() -> None:
     try:
         train()
+    except FlagError as error:  # a refused flag: argparse's status
+        print(f"error: {one_line(error)}", file=sys.stderr)
+        sys.exit(2)
     except (
         ConfigError,
         data.DataError,
         checkpoint.CheckpointError,
         pipeline.ScheduleError,
-    ) as error:
-        sys.exit(f"error: {error}")
+    ) as error:  # a failure while running
+        print(f"error: {one_line(error)}", file=sys.stderr)
+        sys.exit(1)
     except pipeline.PipelineError as error:
-        print(f"error: {error}", file=sys.stderr, flush=True)
+        print(f"error: {one_line(error)}", file=sys.stderr, flush=True)
         os._exit(1)  # the process group cannot shut down cleanly without its peer
+
+
+def one_line(error: Exception) -> str:
+    return " ".join(str(error).split())
 
 
 if __name__ == "__main__":
