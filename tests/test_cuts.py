@@ -49,24 +49,33 @@ def test_cuts_legal_in_one_mode_only_are_reported() -> None:
     assert analysis.cuts.train_only == ()
 
 
-def test_units_merge_parameter_free_spans() -> None:
+def test_units_keep_what_closes_them_and_merge_parameter_free_spans() -> None:
     analysis = analyze(str(EXAMPLES / "resnet_cifar" / "model.py"), ModelOptions(batch_size=2))
     found = units(analysis.traced.graph("train"), analysis.cuts.cuts)
     spans = [(u.start, u.end) for u in found]
-    assert spans[0] == ("input", "conv1")
-    assert spans[1] == ("conv1", "relu")  # bn1 + relu: the parameter-free relu joins bn1
-    assert spans[2] == ("relu", "layer1.0")
+    assert spans[0] == ("input", "relu")  # conv1, its BatchNorm and its ReLU: one unit
+    assert spans[1] == ("relu", "layer1.0")  # the residual unit with its closing ReLU
     assert spans[-2] == ("layer3.3", "flatten")  # avgpool and flatten join layer3.4
     assert spans[-1] == ("flatten", "output")
+    assert not any(end.endswith(".add") for _, end in spans)
     assert all(u.params > 0 for u in found)
     total = sum(p.numel() for p in analysis.model.module.parameters())
     assert sum(u.params for u in found) == total
 
 
-def test_parameter_free_span_at_a_block_start_joins_the_unit_after() -> None:
+def test_cuts_before_a_closing_op_are_not_admissible() -> None:
+    analysis = analyze("torchvision:resnet18", SMALL)
+    refused = [c.name for c in analysis.cuts.cuts if not c.admissible]
+    assert refused[:3] == ["conv1", "bn1", "relu"]  # the stem's BatchNorm, ReLU and max-pool
+    assert all(name.endswith(".add") for name in refused[3:])  # before a residual unit's ReLU
+    kept = [c.name for c in analysis.cuts.cuts if c.admissible]
+    assert kept[:3] == ["maxpool", "layer1.0", "layer1.1"] and "flatten" in kept
+
+
+def test_a_block_end_at_an_inadmissible_cut_still_ends_a_unit() -> None:
     analysis = analyze("torchvision:resnet18", SMALL)
     gm = analysis.traced.graph("train")
     found = units(gm, analysis.cuts.cuts, block_ends=["bn1"])
     spans = [(u.start, u.end) for u in found]
-    assert ("input", "conv1") in spans and ("bn1", "layer1.0") in spans
-    assert ("conv1", "bn1") in spans
+    assert ("input", "bn1") in spans  # conv1 and bn1 (the block ends at bn1)
+    assert ("bn1", "layer1.0") in spans  # ReLU and max-pool join the unit after, at a block start

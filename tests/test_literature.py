@@ -20,7 +20,7 @@ from tests.conftest import EXAMPLES
 
 RESNET = str(EXAMPLES / "resnet_cifar" / "model.py")
 INFOPRO_K8 = ["layer1.0", "layer1.2", "layer1.4", "layer2.1", "layer2.3", "layer3.0", "layer3.2"]
-STAGES = {"layer1": 2, "layer2": 7, "layer3": 12}  # ResNet-32's units: conv1, relu, 15 blocks
+STAGES = {"layer1": 1, "layer2": 6, "layer3": 11}  # ResNet-32's units: the stem, 15 blocks
 
 
 def package(tmp_path: Path, cuts: list[str], aux: str, model: str = RESNET) -> Path:
@@ -79,12 +79,12 @@ def test_infopro_serves_as_the_head_of_momentum(tmp_path: Path) -> None:
 
 
 def unit_index(cut: str) -> int:
-    """ResNet-32's feature units: 0 `conv1`, 1 `relu` (bn1), then `layerS.I`."""
+    """ResNet-32's feature units: 0 the stem (conv1, bn1, relu: one unit), then `layerS.I`."""
     stage, block = cut.split(".")
     return STAGES[stage] + int(block)
 
 
-def expected_sampled(k: int, blocks: int, last: int, n: int = 17, d: int = 3, tau: float = 0.5
+def expected_sampled(k: int, blocks: int, last: int, n: int = 16, d: int = 3, tau: float = 0.5
                      ) -> list[int]:
     """DESIGN 3, written out again as the oracle."""
     if blocks == 2:
@@ -109,7 +109,7 @@ def test_auglocal_samples_by_the_formula(tmp_path: Path, cuts: list[str]) -> Non
     blocks = len(cuts) + 1
     backbone = {id(p) for p in parts.model.parameters()}
     for k, aux in enumerate(parts.auxiliaries):
-        last = 1 if cuts[k] == "relu" else unit_index(cuts[k])
+        last = 0 if cuts[k] == "relu" else unit_index(cuts[k])
         assert list(aux.sampled) == expected_sampled(k, blocks, last), (k, cuts[k])
         copies = [m for m in aux.layers if type(m).__name__.startswith("Unit")]
         assert len(copies) == len(aux.sampled)

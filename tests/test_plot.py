@@ -75,7 +75,8 @@ def test_alike_units_fold_and_residual_units_show_their_skip(cifar: Picture) -> 
     assert run.params == 3 * by_label["layer1.4"].params
     # Units of different shape or parameter count never fold together.
     assert all(r.count == 1 for r in cifar.rows if r.first in ("layer2.0", "layer3.0"))
-    assert by_label["conv1"].skips == () and by_label["conv1"].kind == "Conv2d"
+    stem = cifar.rows[0]  # conv1, bn1 and the ReLU that closes them: one unit
+    assert stem.label == "conv1, bn1" and stem.skips == () and "Conv2d" in stem.kind
 
 
 def test_momentum_auxiliary_points_at_the_next_blocks_first_unit(cifar: Picture) -> None:

@@ -237,9 +237,17 @@ class CostModel:
     # ---------------------------------------------------------------- units
 
     def _unit_ends(self) -> list[int]:
-        """Boundaries where a unit (a span with parameters, param-free spans merged) ends."""
-        ends = [j for j in range(1, self.boundaries + 1) if self._sum("params", j - 1, j) > 0]
-        return ends or [self.boundaries]
+        """Boundaries where a unit ends: the first admissible cut (or the output) at or after
+        each span with parameters, so that a unit keeps the normalisation, activation and
+        pooling that close it; parameter-free spans after it join the next unit."""
+        whole = [j for j in range(1, self.boundaries) if self.cuts[j - 1].admissible]
+        whole.append(self.boundaries)
+        spans = [j for j in range(1, self.boundaries + 1) if self._sum("params", j - 1, j) > 0]
+        return sorted({next(w for w in whole if w >= j) for j in spans}) or [self.boundaries]
+
+    def admissible(self, j: int) -> bool:
+        """Whether boundary j keeps every unit whole (the input and output always do)."""
+        return j in (0, self.boundaries) or self.cuts[j - 1].admissible
 
     def first_unit_end(self, j: int) -> int:
         return next((end for end in self.unit_ends if end > j), self.boundaries)

@@ -11,6 +11,7 @@ import networkx as nx
 import torch.fx as fx
 from torch import nn
 
+from splitter.analysis.ops import admissible
 from splitter.frontend.annotate import node_cost
 from splitter.frontend.trace import TracedModel
 
@@ -28,6 +29,9 @@ class CutPoint:
     index: int
     shape: tuple[int, ...] | None
     eval_node: str = ""
+    admissible: bool = True
+    """Whether the cut keeps every unit whole (`ops.admissible`): automatic plans and units use
+    admissible cuts only; a spec may still name the others."""
 
     @property
     def names(self) -> frozenset[str]:
@@ -36,7 +40,7 @@ class CutPoint:
 
 @dataclass(frozen=True)
 class Unit:
-    """The span between two consecutive cuts, with parameter-free spans merged in."""
+    """The span between two consecutive admissible cuts, with parameter-free spans merged in."""
 
     index: int
     start: str
@@ -91,7 +95,8 @@ def _named_dominators(traced: TracedModel, mode: str) -> list[CutPoint]:
     for node in interior_dominators(gm.graph):
         name, aliases = _cut_name(traced, finishing.get(node, []), paths[node])
         shape = node_cost(node).shape if "splitter" in node.meta else None
-        cuts.append(CutPoint(name, aliases, node.name, order[node], shape))
+        whole = admissible(node, gm)
+        cuts.append(CutPoint(name, aliases, node.name, order[node], shape, admissible=whole))
     return cuts
 
 
@@ -193,11 +198,13 @@ def _is_plain_layer(traced: TracedModel, fqn: str) -> bool:
 def units(
     gm: fx.GraphModule, cuts: Sequence[CutPoint], block_ends: Iterable[str] = ()
 ) -> list[Unit]:
-    """Spans between consecutive cuts; a parameter-free span joins the unit after it at a
-    block's start and the unit before it elsewhere. `block_ends` names the cuts that end blocks."""
+    """Spans between consecutive admissible cuts (a unit keeps what closes it); a
+    parameter-free span joins the unit after it at a block's start and the unit before it
+    elsewhere. `block_ends` names the cuts that end blocks (admissible or not)."""
     ends = set(block_ends)
     nodes = list(gm.graph.nodes)
-    bounds = [("input", -1), *((c.name, c.index) for c in cuts), ("output", len(nodes))]
+    inner = [(c.name, c.index) for c in cuts if c.admissible or c.name in ends]
+    bounds = [("input", -1), *inner, ("output", len(nodes))]
     merged: list[tuple[str, str, int]] = []
     carry: tuple[str, str] | None = None
     at_block_start = True

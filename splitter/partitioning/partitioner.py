@@ -96,6 +96,8 @@ def _objective(model: CostModel, blocks: int, balance: Balance) -> Cost:
     cache: dict[tuple[int, int, int], float] = {}
 
     def cost(k: int, i: int, j: int) -> float:
+        if not model.admissible(j):
+            return math.inf  # a cut between an operation and what closes it
         key = (k if k_dependent or k == blocks - 1 else -1, i, j)
         if key not in cache:
             block = model.block(k, i, j, blocks)

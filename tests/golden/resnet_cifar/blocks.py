@@ -312,7 +312,7 @@ def build_blocks(model: nn.Module) -> nn.ModuleList:
 
 
 class Unit0(nn.Module):
-    """The model after `layer1.2` up to `layer1.3.add`: block 0's momentum auxiliary copies it."""
+    """The model after `layer1.2` up to `layer1.3`: block 0's momentum auxiliary copies it."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -330,11 +330,13 @@ class Unit0(nn.Module):
         layer1_3_conv2 = None
         add_3 = layer1_3_bn2 + x  # (B, 16, 32, 32)
         layer1_3_bn2 = x = None
-        return add_3
+        layer1_3_relu_1 = getattr(self.layer1, "3").relu(add_3)  # (B, 16, 32, 32)
+        add_3 = None
+        return layer1_3_relu_1
 
 
 class Unit1(nn.Module):
-    """The model after `layer2.1` up to `layer2.2.add`: block 1's momentum auxiliary copies it."""
+    """The model after `layer2.1` up to `layer2.2`: block 1's momentum auxiliary copies it."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -352,11 +354,13 @@ class Unit1(nn.Module):
         layer2_2_conv2 = None
         add_7 = layer2_2_bn2 + x  # (B, 32, 16, 16)
         layer2_2_bn2 = x = None
-        return add_7
+        layer2_2_relu_1 = getattr(self.layer2, "2").relu(add_7)  # (B, 32, 16, 16)
+        add_7 = None
+        return layer2_2_relu_1
 
 
 class Unit2(nn.Module):
-    """The model after `layer3.0` up to `layer3.1.add`: block 2's momentum auxiliary copies it."""
+    """The model after `layer3.0` up to `layer3.1`: block 2's momentum auxiliary copies it."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -374,7 +378,9 @@ class Unit2(nn.Module):
         layer3_1_conv2 = None
         add_11 = layer3_1_bn2 + x  # (B, 64, 8, 8)
         layer3_1_bn2 = x = None
-        return add_11
+        layer3_1_relu_1 = getattr(self.layer3, "1").relu(add_11)  # (B, 64, 8, 8)
+        add_11 = None
+        return layer3_1_relu_1
 
 
 def build_auxiliaries(model: nn.Module, blocks: nn.ModuleList, num_classes: int) -> nn.ModuleList:
@@ -382,7 +388,7 @@ def build_auxiliaries(model: nn.Module, blocks: nn.ModuleList, num_classes: int)
     return nn.ModuleList(
         [
             # block 0 ends at `layer1.2`: (B, 16, 32, 32)
-            # a trainable and an EMA copy of the next unit (up to `layer1.3.add`)
+            # a trainable and an EMA copy of the next unit (up to `layer1.3`)
             Momentum(
                 Unit0(model),
                 Classifier(
@@ -393,7 +399,7 @@ def build_auxiliaries(model: nn.Module, blocks: nn.ModuleList, num_classes: int)
                 init="copy",
             ),
             # block 1 ends at `layer2.1`: (B, 32, 16, 16)
-            # a trainable and an EMA copy of the next unit (up to `layer2.2.add`)
+            # a trainable and an EMA copy of the next unit (up to `layer2.2`)
             Momentum(
                 Unit1(model),
                 Classifier(
@@ -404,7 +410,7 @@ def build_auxiliaries(model: nn.Module, blocks: nn.ModuleList, num_classes: int)
                 init="copy",
             ),
             # block 2 ends at `layer3.0`: (B, 64, 8, 8)
-            # a trainable and an EMA copy of the next unit (up to `layer3.1.add`)
+            # a trainable and an EMA copy of the next unit (up to `layer3.1`)
             Momentum(
                 Unit2(model),
                 Classifier(
