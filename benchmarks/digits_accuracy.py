@@ -70,7 +70,7 @@ def run(method: str, blocks: int, epochs: int, seed: int, folder: Path) -> dict[
     args = ["--mode", mode, "--epochs", str(epochs), "--seed", str(seed), "--log-every", "1000"]
     began = time.perf_counter()
     with load_package(out) as train:
-        metrics: dict[str, Any] = train.train([*args, "--out", str(folder / "runs")])
+        metrics: dict[str, Any] = train.train([*args, "--out", str(folder / "runs" / out.name)])
     metrics["wall_s"] = time.perf_counter() - began
     return metrics
 

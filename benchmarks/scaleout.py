@@ -47,7 +47,7 @@ def free_port() -> int:
 def run(package: Path, out: Path, world: int, args: list[str], threads: int) -> dict:
     """train.py in `world` processes (1: a plain process) and the metrics rank 0 wrote."""
     common = ["--data", "synthetic", "--no-checkpoint", "--eval-batches", "1", "--log-every",
-              "100000", "--out", str(out), *args]  # fmt: skip
+              "100000", "--out", str(out / package.name), *args]  # fmt: skip
     port, procs = free_port(), []
     for rank in range(world):
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
@@ -65,7 +65,7 @@ def run(package: Path, out: Path, world: int, args: list[str], threads: int) -> 
         _, err = p.communicate(timeout=3600)
         if p.returncode:
             raise SystemExit(f"train.py failed:\n{err.decode()[-2000:]}")
-    return json.loads((out / "metrics.json").read_text())  # type: ignore[no-any-return]
+    return json.loads((out / package.name / "metrics.json").read_text())  # type: ignore[no-any-return]
 
 
 def main() -> None:

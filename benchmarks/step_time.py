@@ -29,7 +29,7 @@ from splitter.package import load_package
 def step_time(package: Path, mode: str, steps: int, batch: int, out: Path) -> float:
     args = ["--mode", mode, "--data", "synthetic", "--steps", str(steps), "--batch-size",
             str(batch), "--no-checkpoint", "--eval-batches", "1", "--log-every", "100000",
-            "--out", str(out)]  # fmt: skip
+            "--out", str(out / package.name)]  # fmt: skip
     with load_package(package) as train:
         return float(train.train(args)["step_time_s"])
 

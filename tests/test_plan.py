@@ -48,7 +48,7 @@ BAD = {
     "out of order": (spec_with("[layer2.0, layer1.0]"), "line 3, column 20", "forward order"),
     "repeated": (spec_with("[layer1, layer1.0]"), "line 3, column 18", "repeats `layer1`"),
     "too many blocks": (
-        "version: 1\npartition:\n  auto: {blocks: 99}\n", "line 3", "use at most 12 blocks"
+        "version: 1\npartition:\n  auto: {blocks: 99}\n", "line 3", "use at most 7 blocks"
     ),
     "aux on last block": (
         spec_with("[layer1.0]", "aux:\n  blocks:\n    1: {kind: conv}\n"),

@@ -49,10 +49,11 @@ def partition_blocks(
     """The K-block partition whose largest block (by `balance`) is smallest."""
     model = CostModel(analysis, settings)
     most = model.boundaries
-    if blocks > most:
+    admissible = sum(1 for j in range(1, most) if model.admissible(j))
+    if blocks > admissible + 1:
         raise SplitterError(
-            f"{blocks} blocks need {blocks - 1} cuts but the model has {most - 1} legal cuts; "
-            f"use at most {most} blocks"
+            f"{blocks} blocks need {blocks - 1} cuts but the model has {admissible} admissible "
+            f"cuts (legal cuts that keep every unit whole); use at most {admissible + 1} blocks"
         )
     if blocks < 1:
         raise SplitterError(f"blocks must be at least 1, got {blocks}")

@@ -73,9 +73,8 @@ def check_spec(loaded: LoadedSpec, analysis: Analysis) -> list[CutPoint]:
     spec = loaded.spec
     problems: list[Problem] = []
     cuts: list[CutPoint] = []
-    legal = len(analysis.cuts.cuts)
     if spec.partition.auto is not None:
-        problems += _auto_problems(spec, legal)
+        problems += _auto_problems(spec, sum(c.admissible for c in analysis.cuts.cuts))
     else:
         cuts, cut_problems = resolve_cuts(analysis, spec.partition.cuts or [])
         problems += cut_problems
@@ -102,15 +101,16 @@ def _auto_cuts(spec: SplitSpec, analysis: Analysis) -> list[CutPoint]:
     return partition_budget(analysis, auto.budget, settings, auto.balance).cuts
 
 
-def _auto_problems(spec: SplitSpec, legal: int) -> list[Problem]:
+def _auto_problems(spec: SplitSpec, admissible: int) -> list[Problem]:
     auto = spec.partition.auto
-    if auto is None or not auto.blocks or auto.blocks <= legal + 1:
+    if auto is None or not auto.blocks or auto.blocks <= admissible + 1:
         return []
     return [
         (
             ("partition", "auto", "blocks"),
-            f"{auto.blocks} blocks need {auto.blocks - 1} cuts but the model has {legal} legal "
-            f"cuts; use at most {legal + 1} blocks",
+            f"{auto.blocks} blocks need {auto.blocks - 1} cuts but the model has {admissible} "
+            f"admissible cuts (legal cuts that keep every unit whole); use at most "
+            f"{admissible + 1} blocks",
         )
     ]
 
