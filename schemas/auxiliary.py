@@ -51,7 +51,8 @@ class ConvAux(_Aux):
 
 
 class InfoProAux(_Aux):
-    """InfoPro: a decoder reconstructing the input (BCE) plus the `conv` head (cross entropy)."""
+    """InfoPro: a decoder reconstructing the input (BCE) plus InfoPro's classifier, by config
+    name, trained with cross entropy or supervised contrastive loss (image maps only)."""
 
     kind: Literal["infopro"] = "infopro"
     """Selects this auxiliary: `infopro`."""
@@ -62,6 +63,18 @@ class InfoProAux(_Aux):
     """Weight of the classification loss as `[first, last]`, interpolated like `lambda1`."""
     width: PositiveInt = 12
     """Channels of the decoder's hidden conv3x3-BN-ReLU layer."""
+    classifier: Literal["0c1f", "0c2f", "1c1f", "1c2f", "1c3f", "2c2f"] = "1c2f"
+    """InfoPro's classifier config `<n>c<m>f`: n conv3x3-BN-ReLU layers (the first doubles the
+    channels with stride 2 below 64 channels, keeps them with stride 1 from 64 on), pooling, m
+    Linear layers `feature_dim` wide; `0c1f` is pooling and Linear, MAN's default `2c2f`."""
+    feature_dim: PositiveInt = 128
+    """Width of the classifier's hidden Linear layers, and of its output with `supcon`."""
+    loss: Literal["cross_entropy", "supcon"] = "cross_entropy"
+    """The classifier's loss: `cross_entropy` on logits, or `supcon` (InfoPro's published
+    setting), the supervised contrastive loss on L2-normalised `feature_dim` features, which
+    gives no logits: the block's training accuracy is then NaN."""
+    temperature: float = Field(default=0.07, gt=0)
+    """The `supcon` temperature (the loss is scaled by `temperature / 0.07`, as InfoPro's)."""
 
 
 class AugmentedAux(_Aux):
@@ -107,8 +120,10 @@ class MomentumAux(_Aux):
     """Selects this auxiliary: `momentum`."""
     decay: float = Field(default=0.995, gt=0, lt=1)
     """EMA decay of the frozen copy, strictly between 0 and 1: `ema = decay*ema + (1-decay)*src`."""
-    init: Literal["copy", "fresh"] = "copy"
-    """`copy` starts both copies from the next block's weights; `fresh` re-initialises them."""
+    init: Literal["copy", "fresh"] = "fresh"
+    """`fresh` (MAN's and MAN++'s code) starts both copies from new random weights, He-normal
+    convolutions and BatchNorm at 1 and 0 as the papers' CIFAR ResNets; `copy` from the next
+    block's weights."""
     learnable_scale: bool = True
     """Mix the copies with a learnable scale `s` (MAN++); false fixes `s` at 1 (MAN)."""
     head: HeadConfig = ConvAux()

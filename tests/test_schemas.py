@@ -85,7 +85,7 @@ def test_defaults() -> None:
     assert aux.kind == "momentum"
     assert (aux.decay, aux.init, aux.learnable_scale, aux.head.kind) == (
         0.995,
-        "copy",
+        "fresh",  # MAN's and MAN++'s code: LB and EMA start as new random copies
         True,
         "conv",
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -171,3 +173,27 @@ def test_verify_catches_a_leak_beyond_the_window(tied: Analysis) -> None:
     assert "outside its window of 2" in beyond.blocks[2].problems[0]
     within = verify(tied.target, graphs, cuts, surgery, x, windows=(1, 1, 3))
     assert within.blocks[2].isolated and within.blocks[2].window == 3
+
+
+def test_a_parameter_whose_gradient_is_exactly_zero_is_not_trained(tmp_path: Path) -> None:
+    """A loss that reaches a parameter with a zero gradient (a zero weight, a dead branch)
+    trains nothing: coverage counts nonzero gradients only."""
+    model = tmp_path / "dead.py"
+    model.write_text(
+        "import torch\nfrom torch import nn\n\n\n"
+        "class Dead(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.a = nn.Linear(4, 4)\n"
+        "        self.gate = nn.Parameter(torch.ones(4))\n"
+        "        self.b = nn.Linear(4, 2)\n\n"
+        "    def forward(self, x):\n"
+        "        h = torch.tanh(self.a(x))\n"
+        "        return self.b(h + 0.0 * self.gate)\n\n\n"
+        "def build_model():\n    return Dead()\n"
+    )
+    analysis = analyze(str(model), ModelOptions(input_shape=(4,)))
+    cuts = cuts_of(analysis, "tanh")
+    result = check(analysis, split(analysis.traced, cuts), cuts)
+    assert result.untrained == ["gate"] and not result.ok
+    assert all(b.isolated for b in result.blocks)  # reached with a zero gradient: no leak

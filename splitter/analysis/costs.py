@@ -19,7 +19,14 @@ from torch import nn
 
 from schemas.auxiliary import AugmentedAux, ConvAux, InfoProAux, LinearAux, MomentumAux
 from schemas.spec import AuxSection, OptimizerConfig
-from splitter.analysis.layouts import ConvHead, InfoProDecoder, Layout, LinearHead, infer_layout
+from splitter.analysis.layouts import (
+    ConvHead,
+    InfoProDecoder,
+    InfoProHead,
+    Layout,
+    LinearHead,
+    infer_layout,
+)
 from splitter.analysis.model import Analysis
 from splitter.errors import SplitterError
 from splitter.frontend.annotate import NodeCost, annotate, node_cost, output_shape
@@ -178,10 +185,12 @@ class CostModel:
                 InfoProDecoder.check(layout, image)
             except ValueError as e:
                 raise SplitterError(str(e)) from None
-            conv = _measure(partial(ConvHead, shape[1:], layout, classes), shape, precision)
+            settings = (config.classifier, config.feature_dim, config.loss)  # positional: the key
+            classifier = partial(InfoProHead, shape[1:], layout, classes, *settings)
+            head = _measure(classifier, shape, precision)
             decoder = partial(InfoProDecoder, shape[1:], layout, image, config.width)
             dec = _measure(decoder, shape, precision)
-            return AuxCost(*(a + b for a, b in zip(_fields(conv), _fields(dec), strict=True)))
+            return AuxCost(*(a + b for a, b in zip(_fields(head), _fields(dec), strict=True)))
         kind = getattr(config, "kind", config)
         if kind == "augmented":
             raise SplitterError(

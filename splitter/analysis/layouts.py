@@ -5,9 +5,13 @@ from __future__ import annotations
 import torch.fx as fx
 from torch import nn
 
-from splitter.runtime.auxiliary import ConvHead, InfoProDecoder, Layout, LinearHead
+from splitter.runtime.auxiliary import ConvHead, Layout, LinearHead
+from splitter.runtime.infopro import InfoProDecoder, InfoProHead
 
-__all__ = ["ConvHead", "InfoProDecoder", "Layout", "LinearHead", "default_layout", "infer_layout"]
+__all__ = [
+    "ConvHead", "InfoProDecoder", "InfoProHead", "Layout", "LinearHead", "default_layout",
+    "infer_layout",
+]  # fmt: skip
 _CHANNELS_LAST_OPS = (nn.Linear, nn.LayerNorm)
 _CHANNELS_FIRST_OPS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.BatchNorm1d, nn.BatchNorm2d)
 

@@ -17,8 +17,8 @@ from splitter.runtime.auxiliary import channels
 from splitter.transform.surgery import span_graph
 
 AUX_CLASSES = (
-    "Adapter", "Augmented", "Classifier", "ConvHead", "InfoPro", "InfoProDecoder", "LinearHead",
-    "Mlaan", "Momentum",
+    "Adapter", "Augmented", "Classifier", "ConvHead", "InfoPro", "InfoProDecoder", "InfoProHead",
+    "LinearHead", "Mlaan", "Momentum",
 )  # fmt: skip
 _RANK = {"nchw": 3, "nhwc": 3, "ncl": 2, "nlc": 2, "nc": 1}
 """Dimensions of one sample in each layout."""
@@ -107,8 +107,10 @@ class AuxiliaryViews:
         lambda1 = config.lambda1[0] + (config.lambda1[1] - config.lambda1[0]) * ratio
         lambda2 = config.lambda2[0] + (config.lambda2[1] - config.lambda2[0]) * ratio
         decoder = f'InfoProDecoder({sample}, "{layout}", {image}, width={config.width})'
-        conv = _conv(sample, layout, ConvAux())
-        return f"InfoPro({decoder}, {conv}, lambda1={lambda1:g}, lambda2={lambda2:g})"
+        return (
+            f"InfoPro({decoder}, {_infopro_classifier(sample, layout, config)}, "
+            f"lambda1={lambda1:g}, lambda2={lambda2:g})"
+        )
 
     # ---------------------------------------------------------------- AugLocal
 
@@ -213,6 +215,13 @@ class AuxiliaryViews:
 
 def _linear(sample: tuple[int, ...], layout: str) -> str:
     return f'LinearHead({sample}, "{layout}", num_classes)'
+
+
+def _infopro_classifier(sample: tuple[int, ...], layout: Layout, config: InfoProAux) -> str:
+    options = f'"{config.classifier}", feature_dim={config.feature_dim}, loss="{config.loss}"'
+    if config.loss == "supcon":
+        options += f", temperature={config.temperature!r}"
+    return f'InfoProHead({sample}, "{layout}", num_classes, {options})'
 
 
 def _conv(sample: tuple[int, ...], layout: Layout, config: ConvAux) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import re
 import textwrap
 from collections.abc import Mapping
 from itertools import pairwise
@@ -129,7 +130,7 @@ class Viewer:
         auxiliaries = self.aux.views()
         units = list(self.aux.units.values())
         text = " ".join(a.expression for a in auxiliaries)
-        used = sorted(name for name in AUX_CLASSES if f"{name}(" in text)
+        used = sorted(n for n in AUX_CLASSES if re.search(rf"(?<![\w.]){n}\(", text))
         local = {"from auxiliary import " + ", ".join(used)}
         return {
             "header": top,

@@ -269,7 +269,7 @@ def _aux(model: CostModel, partition: Partition, k: int, rows: list[Row]) -> Aux
     details = {
         "linear": "pool + Linear",
         "conv": "conv layers + pool + Linear",
-        "infopro": "decoder (BCE) + conv head (CE)",
+        "infopro": "decoder (BCE) + InfoPro classifier",
     }
     return AuxDrawing(config.kind, (config.kind, details.get(config.kind, "")), cost)
 

@@ -11,6 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+if __package__:  # imported by the library as `splitter.runtime.auxiliary`
+    from .infopro import InfoProDecoder, InfoProHead
+else:  # a package's own module beside train.py
+    from infopro import InfoProDecoder, InfoProHead  # type: ignore[no-redef]
+
 Layout = Literal["nchw", "nhwc", "nlc", "ncl", "nc"]
 
 
@@ -119,34 +124,6 @@ def _conv_stack(c: int, width: int, depth: int, sizes: list[int]) -> list[nn.Mod
     return layers
 
 
-class InfoProDecoder(nn.Module):
-    """Reconstructs the un-normalised input in [0, 1]: bilinear upsampling to the input size,
-    conv3x3-BN-ReLU to `width`, conv3x3 to the input channels, sigmoid."""
-
-    def __init__(
-        self, shape: tuple[int, ...], layout: Layout, image: tuple[int, ...], width: int = 12
-    ) -> None:
-        super().__init__()
-        self.check(layout, image)
-        self.layout, self.size = layout, tuple(image[1:])
-        self.conv1 = nn.Conv2d(channels(shape, layout), width, 3, 1, 1, bias=False)
-        self.bn = nn.BatchNorm2d(width)
-        self.conv2 = nn.Conv2d(width, image[0], 3, 1, 1)
-
-    @staticmethod
-    def check(layout: Layout, image: tuple[int, ...]) -> None:
-        """Refuse what the decoder cannot serve: it needs image maps and an image input."""
-        if layout not in ("nchw", "nhwc") or len(image) != 3:
-            raise ValueError(
-                f"the infopro decoder reconstructs images: the boundary is `{layout}` and the "
-                f"input {list(image)}; use the `linear`, `conv` or `momentum` auxiliary here"
-            )
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(channels_first(h, self.layout), size=self.size, mode="bilinear")
-        return torch.sigmoid(self.conv2(F.relu(self.bn(self.conv1(x)))))
-
-
 # ---------------------------------------------------------------- auxiliaries (-> local loss)
 
 
@@ -194,15 +171,15 @@ class Momentum(Auxiliary):
         head: Auxiliary,
         decay: float = 0.995,
         learnable_scale: bool = True,
-        init: Literal["copy", "fresh"] = "copy",
+        init: Literal["copy", "fresh"] = "fresh",
     ) -> None:
         super().__init__()
         self.lb, self.ema = copy.deepcopy(source), copy.deepcopy(source)
         self.head: Auxiliary = head
         self.decay = decay
-        if init == "fresh":
-            _reset(self.lb)
-            _reset(self.ema)
+        if init == "fresh":  # MAN and MAN++: independent random copies (the EMA converges)
+            fresh(self.lb)
+            fresh(self.ema)
         self.ema.requires_grad_(False)
         if learnable_scale:
             self.scale = nn.Parameter(torch.tensor(1.0))
@@ -229,14 +206,20 @@ class Momentum(Auxiliary):
 
 
 class InfoPro(Auxiliary):
-    """InfoPro: `lambda1` times the BCE of a decoder reconstructing the un-normalised input
-    from the block's output, plus `lambda2` times the cross entropy of a classifier head."""
+    """InfoPro: `lambda1` times the BCE of `decoder` reconstructing the un-normalised input from
+    the block's output, plus `lambda2` times the task loss of `classifier` (cross entropy, or
+    SupCon: then no logits come back and the loop's accuracy for the block is NaN). The BCE
+    runs in float32 or wider with autocast off (CUDA autocast refuses it)."""
 
     def __init__(
-        self, decoder: InfoProDecoder, head: nn.Module, lambda1: float, lambda2: float
+        self,
+        decoder: InfoProDecoder,
+        classifier: InfoProHead,
+        lambda1: float,
+        lambda2: float,
     ) -> None:
         super().__init__()
-        self.decoder, self.head = decoder, head
+        self.decoder, self.classifier = decoder, classifier
         self.lambda1, self.lambda2 = lambda1, lambda2
 
     def forward(
@@ -246,9 +229,12 @@ class InfoPro(Auxiliary):
         image: torch.Tensor,
         history: Sequence[torch.Tensor] = (),
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        logits: torch.Tensor = self.head(h)
-        recon = F.binary_cross_entropy(self.decoder(h), image.clamp(0, 1))
-        return self.lambda1 * recon + self.lambda2 * F.cross_entropy(logits, target), logits
+        task, logits = self.classifier.task_loss(self.classifier(h), target)
+        rebuilt = self.decoder(h)
+        dtype = torch.promote_types(rebuilt.dtype, torch.float32)
+        with torch.autocast(h.device.type, enabled=False):
+            recon = F.binary_cross_entropy(rebuilt.to(dtype), image.clamp(0, 1).to(dtype))
+        return self.lambda1 * recon + self.lambda2 * task, logits
 
 
 class Adapter(nn.Module):
@@ -280,7 +266,7 @@ class Augmented(Auxiliary):
     def __init__(self, layers: list[nn.Module], head: nn.Module, sampled: tuple[int, ...]) -> None:
         super().__init__()
         self.layers = nn.Sequential(*(copy.deepcopy(layer) for layer in layers))
-        _reset(self.layers)
+        fresh(self.layers)
         self.head, self.sampled = head, sampled  # the model's feature units copied
 
     def forward(
@@ -354,12 +340,16 @@ def ema_update(ema: nn.Module, source: Sequence[torch.Tensor], decay: float) -> 
         torch._foreach_add_(params, here, alpha=1 - decay)
 
 
-def _reset(module: nn.Module) -> None:
-    """Re-initialise every layer that can; warn about those that keep the copied weights."""
+def fresh(module: nn.Module) -> None:
+    """Re-initialise as the papers' CIFAR ResNets do: convolutions He-normal over their fan-out
+    (`normal(0, sqrt(2 / (k * k * out_channels)))`), BatchNorm weight 1 and bias 0, every other
+    layer by its `reset_parameters()`; warn about layers that keep the copied weights."""
     for sub in module.modules():
         reset = getattr(sub, "reset_parameters", None)
         if callable(reset):
             reset()
+            if isinstance(sub, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+                nn.init.kaiming_normal_(sub.weight, mode="fan_out", nonlinearity="relu")
         elif sub._parameters and any(p is not None for p in sub._parameters.values()):
             warnings.warn(
                 f"`{type(sub).__name__}` has no reset_parameters(): the momentum auxiliary "

@@ -194,4 +194,7 @@ def step_optimizer(s: Step, optimizer: torch.optim.Optimizer, step: int | None) 
 
 
 def accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The share of `y` the logits predict; NaN without logits (a SupCon head has none)."""
+    if logits.numel() == 0:
+        return torch.tensor(float("nan"), device=y.device)
     return (logits.detach().argmax(dim=1) == y).float().mean()

@@ -172,10 +172,10 @@ def _run_both(
 
 def _local_backwards(
     blocks: Sequence[Block], x: torch.Tensor, spans: Sequence[int]
-) -> list[dict[int, bool]]:
+) -> list[dict[int, float]]:
     """For each block k, in the trainer's protocol (blocks spans[k]..k run from the detached
-    input of block spans[k]), which parameters of every block got a gradient from its local
-    loss, and whether the output before the window did."""
+    input of block spans[k]), the parameters of every block its local loss reached, each with
+    its gradient's largest magnitude (key -1: the output before the window)."""
     params = [p for b in blocks for p in b.parameters()]
     for block in blocks:
         block.train()
@@ -196,8 +196,9 @@ def _local_backwards(
         loss = _surrogate_loss(block(h))
         if loss.requires_grad:  # a block without parameters has nothing to train
             torch.autograd.backward(loss)
-        got = {id(p): p.grad is not None for p in params}
-        got[-1] = first > 0 and attached[first - 1].grad is not None
+        got = {id(p): float(p.grad.abs().max()) for p in params if p.grad is not None}
+        if first > 0 and attached[first - 1].grad is not None:
+            got[-1] = float(attached[first - 1].grad.abs().max())
         results.append(got)
     for p in params:
         p.grad = None
@@ -217,13 +218,14 @@ def _block_check(
     eval_ref: Any,
     train_out: Any,
     train_ref: Any,
-    grads: dict[int, bool],
+    grads: dict[int, float],
     others: set[int],
     window: int,
 ) -> BlockCheck:
-    """`others`: parameters (not synced) that this block's local loss must not reach."""
-    leaked = [pid for pid in others if grads.get(pid)]
-    trained = sum(1 for p in block.parameters() if grads.get(id(p)))
+    """`others`: parameters (not synced) that this block's local loss must not reach (even
+    with a zero gradient); a parameter is trained only by a nonzero gradient."""
+    leaked = [pid for pid in others if pid in grads]
+    trained = sum(1 for p in block.parameters() if grads.get(id(p), 0.0) > 0)
     check = BlockCheck(
         index=block.index,
         start=block.start,
@@ -232,7 +234,7 @@ def _block_check(
         eval_equal=tree_equal(eval_out, eval_ref),
         train_rel_diff=_rel_diff(train_out, train_ref),
         isolated=not leaked,
-        input_grad_free=not grads.get(-1, False),
+        input_grad_free=-1 not in grads,
         trained=trained,
         window=window,
     )
@@ -263,12 +265,13 @@ def _with_problems(check: BlockCheck, leaked: int) -> BlockCheck:
 def _coverage(
     target: nn.Module,
     blocks: Sequence[Block],
-    grads: list[dict[int, bool]],
+    grads: list[dict[int, float]],
     sync: set[int],
     spans: Sequence[int],
 ) -> tuple[list[str], list[str]]:
-    """Parameters no block's own loss trains, and those more than one loss reaches beyond a
-    declared window (a block's parameters also trained by a later block's cascade are fine)."""
+    """Parameters no block's own loss trains (sends a nonzero gradient), and those more than one
+    loss trains beyond a declared window (a block's parameters also trained by a later block's
+    cascade are fine)."""
     names = {id(p): n for n, p in target.named_parameters()}
     untrained, multiple = [], []
     for k, block in enumerate(blocks):
@@ -276,7 +279,9 @@ def _coverage(
             if not p.requires_grad:
                 continue
             label = names.get(id(p), f"{name} (block {k}'s copy)")
-            count = sum(1 for j, g in enumerate(grads) if g.get(id(p)) and not spans[j] <= k < j)
+            count = sum(
+                1 for j, g in enumerate(grads) if g.get(id(p), 0.0) > 0 and not spans[j] <= k < j
+            )
             if count == 0:
                 untrained.append(label)
             elif count > 1 and id(p) not in sync:

@@ -396,7 +396,7 @@ def build_auxiliaries(model: nn.Module, blocks: nn.ModuleList, num_classes: int)
                 ),
                 decay=0.995,
                 learnable_scale=True,
-                init="copy",
+                init="fresh",
             ),
             # block 1 ends at `layer2.1`: (B, 32, 16, 16)
             # a trainable and an EMA copy of the next unit (up to `layer2.2`)
@@ -407,7 +407,7 @@ def build_auxiliaries(model: nn.Module, blocks: nn.ModuleList, num_classes: int)
                 ),
                 decay=0.995,
                 learnable_scale=True,
-                init="copy",
+                init="fresh",
             ),
             # block 2 ends at `layer3.0`: (B, 64, 8, 8)
             # a trainable and an EMA copy of the next unit (up to `layer3.1`)
@@ -418,7 +418,7 @@ def build_auxiliaries(model: nn.Module, blocks: nn.ModuleList, num_classes: int)
                 ),
                 decay=0.995,
                 learnable_scale=True,
-                init="copy",
+                init="fresh",
             ),
         ]
     )

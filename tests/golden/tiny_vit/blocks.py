@@ -410,7 +410,7 @@ def build_auxiliaries(model: nn.Module, blocks: nn.ModuleList, num_classes: int)
                 Classifier(LinearHead((64, 64), "nlc", num_classes)),
                 decay=0.995,
                 learnable_scale=True,
-                init="copy",
+                init="fresh",
             ),
             # block 2 ends at `blocks.4`: (B, 64, 64)
             Classifier(LinearHead((64, 64), "nlc", num_classes)),
