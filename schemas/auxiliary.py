@@ -56,11 +56,16 @@ class InfoProAux(_Aux):
 
     kind: Literal["infopro"] = "infopro"
     """Selects this auxiliary: `infopro`."""
-    lambda1: tuple[float, float] = (5.0, 0.5)
-    """Weight of the reconstruction loss as `[first, last]`, interpolated linearly over the
-    auxiliaries (a single auxiliary takes the first)."""
-    lambda2: tuple[float, float] = (0.0, 1.0)
-    """Weight of the classification loss as `[first, last]`, interpolated like `lambda1`."""
+    lambda1: float | tuple[float, float] = (5.0, 0.5)
+    """Weight of the reconstruction loss: one value, or `[first, last]` interpolated linearly
+    as `schedule` says (a single auxiliary takes the first)."""
+    lambda2: float | tuple[float, float] = (0.0, 1.0)
+    """Weight of the classification loss, set like `lambda1`."""
+    schedule: Literal["index", "stage"] = "index"
+    """How `[first, last]` is interpolated: `index` (InfoPro) by the auxiliary's index k,
+    ratio k/(K-2); `stage` (MAN) by the stage of the next unit, ratio stage/(K-2), a stage being
+    a run of units at one resolution, numbered from 1. A ratio that gives a weight below zero,
+    or both weights zero, is clamped to (K-3)/(K-2)."""
     width: PositiveInt = 12
     """Channels of the decoder's hidden conv3x3-BN-ReLU layer."""
     classifier: Literal["0c1f", "0c2f", "1c1f", "1c2f", "1c3f", "2c2f"] = "1c2f"

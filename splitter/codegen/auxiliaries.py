@@ -8,6 +8,7 @@ from typing import Any, cast
 
 from schemas.auxiliary import AugmentedAux, ConvAux, InfoProAux, LinearAux, MlaanAux, MomentumAux
 from splitter.analysis.costs import CostModel, augmented_units
+from splitter.analysis.lambdas import loss_weights
 from splitter.analysis.layouts import InfoProDecoder, Layout, default_layout, infer_layout
 from splitter.codegen.source import Imports, ModuleSource, module_source
 from splitter.errors import AuxiliaryError
@@ -49,6 +50,7 @@ class AuxiliaryViews:
         cuts = list(self.analysis.cuts.cuts)
         self.bounds = [0, *(cuts.index(c) + 1 for c in plan.cuts), self.costs.boundaries]
         self.units: dict[tuple[int, int], ModuleSource] = {}
+        self.loss_weights = loss_weights(self.costs, plan.spec.spec.aux, self.bounds)
 
     def views(self) -> list[AuxView]:
         return [self.auxiliary(k) for k in range(len(self.bounds) - 2)]
@@ -102,10 +104,8 @@ class AuxiliaryViews:
                 f"carries {_WHAT[layout]} {self.shape_text(b)} and the input is {list(image)}; "
                 "use `linear`, `conv`, `momentum` or `augmented` there"
             ) from None
-        count = len(self.bounds) - 2  # auxiliaries
-        ratio = k / (count - 1) if count > 1 else 0.0
-        lambda1 = config.lambda1[0] + (config.lambda1[1] - config.lambda1[0]) * ratio
-        lambda2 = config.lambda2[0] + (config.lambda2[1] - config.lambda2[0]) * ratio
+        weights = self.loss_weights[k]
+        lambda1, lambda2 = weights.lambda1, weights.lambda2
         decoder = f'InfoProDecoder({sample}, "{layout}", {image}, width={config.width})'
         return (
             f"InfoPro({decoder}, {_infopro_classifier(sample, layout, config)}, "

@@ -186,6 +186,11 @@ class Viewer:
         note = f"# cuts computed by `auto: {json.dumps(asked.model_dump())}`\n" if asked else ""
         return f"{top}\n# The resolved split spec of this package; train.py reads it.\n{note}{text}"
 
+    def _loss_weights(self) -> dict[str, Any]:
+        """InfoPro's `[lambda1, lambda2]` of each block that has them, as the schedule gives."""
+        found = {k: [w.lambda1, w.lambda2] for k, w in self.aux.loss_weights.items()}
+        return {"loss_weights": found} if found else {}
+
     def _package(self, version: str) -> dict[str, Any]:
         return {
             "source": self.analysis.model.ref,
@@ -194,6 +199,7 @@ class Viewer:
             "fingerprint": fingerprint(self.analysis.model.module),
             # what groups blocks onto devices and pipeline stages (the cost model's FLOPs)
             "block_flops": [self.aux.costs.flops(i, j) for i, j in pairwise(self.aux.bounds)],
+            **self._loss_weights(),
             "splitter": version,
             **{name: _version(name) for name in ("torch", "torchvision", "timm")},
         }

@@ -12,6 +12,7 @@ from schemas import LoadedSpec, SplitSpec
 from schemas.positions import locate
 from splitter.analysis.cuts import CutPoint
 from splitter.analysis.explain import explain_cut
+from splitter.analysis.lambdas import for_cuts
 from splitter.analysis.model import Analysis, analyze
 from splitter.errors import SpecError, SplitterError
 from splitter.frontend.annotate import node_cost
@@ -85,6 +86,8 @@ def check_spec(loaded: LoadedSpec, analysis: Analysis) -> list[CutPoint]:
     if not problems and auto is not None:
         cuts = _auto_cuts(spec, analysis)
         problems += _aux_problems(spec, len(cuts) + 1)
+    if not problems:
+        problems += _loss_problems(spec, analysis, cuts)
     if problems:
         raise SpecError([loaded.problem(path, message) for path, message in problems])
     return cuts
@@ -113,6 +116,23 @@ def _auto_problems(spec: SplitSpec, admissible: int) -> list[Problem]:
             f"{admissible + 1} blocks",
         )
     ]
+
+
+def _loss_problems(spec: SplitSpec, analysis: Analysis, cuts: list[CutPoint]) -> list[Problem]:
+    """A block whose InfoPro weights are both zero would have no local loss: it never trains."""
+    problems: list[Problem] = []
+    for k, weights in for_cuts(analysis, spec, cuts).items():
+        if weights.zero:
+            where = ("aux", "blocks", k) if k in spec.aux.blocks else ("aux", "default")
+            problems.append(
+                (
+                    where,
+                    f"block {k}'s infopro loss is identically zero (lambda1 = lambda2 = 0 there), "
+                    f"so block {k} would never train; give it a nonzero weight, e.g. "
+                    f"`aux: {{blocks: {{{k}: {{kind: infopro, lambda2: 1}}}}}}`",
+                )
+            )
+    return problems
 
 
 def _aux_problems(spec: SplitSpec, blocks: int) -> list[Problem]:

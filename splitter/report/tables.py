@@ -13,6 +13,7 @@ from rich.table import Table
 from schemas import mib
 from splitter.analysis.costs import BlockCost
 from splitter.analysis.cuts import units
+from splitter.analysis.lambdas import for_cuts
 from splitter.analysis.model import Analysis
 from splitter.frontend.annotate import NodeCost, node_cost, output_shape
 from splitter.partitioning.partitioner import Partition, evaluate, settings_from
@@ -59,6 +60,7 @@ def _block_rows(
     bounds = [-1, *(c.index for c in cuts), len(nodes) - 1]
     names = ["input", *(c.name for c in cuts), "output"]
     variable = [b.variable_bytes for b in priced.blocks] if priced else []
+    weights = for_cuts(plan.analysis, plan.spec.spec, plan.cuts) if plan else {}
     rows = []
     for k in range(len(bounds) - 1):
         span = costs[bounds[k] + 1 : bounds[k + 1] + 1]
@@ -80,6 +82,10 @@ def _block_rows(
                 p.numel() * p.element_size() for p in plan.surgery.blocks[k].parameters()
             )
             row["aux"] = aux_kind(plan, k)
+            if k in weights:  # InfoPro's, as its schedule resolved them
+                pair = weights[k].lambda1, weights[k].lambda2
+                row["loss_weights"] = list(pair)
+                row["aux"] = f"{row['aux']} ({pair[0]:.3g}, {pair[1]:.3g})"
         rows.append(row)
     return rows
 

@@ -95,6 +95,7 @@ def verify(
             target, graphs["train"], cuts, surgery, x, "train", seed
         )
         grads = _local_backwards(surgery.blocks, x, spans)
+        trained = _trained(surgery.blocks, x, spans, grads)
         whole_equal = _whole_model_equal(whole, surgery) if whole else None
     sync = {id(p) for p in _sync_params(surgery)}
     checks = [
@@ -110,7 +111,7 @@ def verify(
         )
         for k, b in enumerate(surgery.blocks)
     ]
-    untrained, multiple = _coverage(target, surgery.blocks, grads, sync, spans)
+    untrained, multiple = _coverage(target, surgery.blocks, trained, sync, spans)
     return Verification(
         blocks=checks,
         output_equal_eval=tree_equal(eval_outs[-1], eager_eval),
@@ -170,15 +171,30 @@ def _run_both(
     return outs, reference, eager
 
 
+def _trained(
+    blocks: Sequence[Block], x: torch.Tensor, spans: Sequence[int], grads: list[dict[int, float]]
+) -> list[dict[int, float]]:
+    """The gradients that train: the train-mode pass's, and where a random draw there (dropout,
+    stochastic depth) zeroed a parameter's gradient, the larger of it and an eval-mode pass's."""
+    own = [{id(p) for p in b.parameters()} for b in blocks]
+    if all(g.get(pid, 0.0) > 0 for g, ids in zip(grads, own, strict=True) for pid in ids):
+        return grads
+    calm = _local_backwards(blocks, x, spans, train=False)
+    return [
+        {pid: max(a.get(pid, 0.0), b.get(pid, 0.0)) for pid in a.keys() | b.keys()}
+        for a, b in zip(grads, calm, strict=True)
+    ]
+
+
 def _local_backwards(
-    blocks: Sequence[Block], x: torch.Tensor, spans: Sequence[int]
+    blocks: Sequence[Block], x: torch.Tensor, spans: Sequence[int], train: bool = True
 ) -> list[dict[int, float]]:
     """For each block k, in the trainer's protocol (blocks spans[k]..k run from the detached
     input of block spans[k]), the parameters of every block its local loss reached, each with
     its gradient's largest magnitude (key -1: the output before the window)."""
     params = [p for b in blocks for p in b.parameters()]
     for block in blocks:
-        block.train()
+        block.train(train)
     attached, h = [], x
     for block in blocks[:-1]:
         h = block(h)
