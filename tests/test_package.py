@@ -18,7 +18,7 @@ import torch
 from splitter.api import compile_package
 from splitter.frontend.modelref import ModelOptions
 from splitter.package import load_package
-from tests.conftest import EXAMPLES
+from tests.conftest import EXAMPLES, Killed, stopped_at_a_checkpoint
 
 NO_SPLITTER = (
     "import runpy, sys\n"
@@ -199,25 +199,13 @@ def test_export_loads_into_the_original_class_and_matches_the_blocks(
     assert torch.equal(original(x), h)
 
 
-class Killed(Exception):
-    """The run was stopped from outside."""
-
-
 def test_resume_continues_to_the_uninterrupted_weights(
     train: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     whole, split = tmp_path / "whole", tmp_path / "split"
     run(train, whole, "--steps", "5", "--export", str(tmp_path / "whole.pt"))
-    save = train.save_checkpoint
-
-    def save_then_die(path: Path, step: int, s: Any) -> None:
-        save(path, step, s)
-        raise Killed(step)
-
-    monkeypatch.setattr(train, "save_checkpoint", save_then_die)
-    with pytest.raises(Killed, match="3"):
+    with stopped_at_a_checkpoint(train, monkeypatch), pytest.raises(Killed, match="3"):
         run(train, split, "--steps", "5", "--save-every", "3")
-    monkeypatch.setattr(train, "save_checkpoint", save)
     run(train, split, "--steps", "5", "--resume", "--export", str(tmp_path / "resumed.pt"))
     a = torch.load(tmp_path / "whole.pt", weights_only=True)
     b = torch.load(tmp_path / "resumed.pt", weights_only=True)

@@ -21,6 +21,7 @@ import torch
 from splitter.api import compile_package
 from splitter.frontend.modelref import ModelOptions
 from splitter.package import load_package
+from tests.conftest import Killed, stopped_at_a_checkpoint
 
 FIXTURE = Path(__file__).parent / "fixtures" / "pipenet.py"
 SPEC = """\
@@ -216,25 +217,13 @@ def test_metrics_jsonl_has_one_row_per_step_with_every_key(
     assert metrics["history"] == "metrics.jsonl"
 
 
-class Killed(Exception):
-    """The run was stopped from outside."""
-
-
 def test_a_resumed_run_holds_every_step_once(
     alpha: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """Stopped right after its checkpoint at step 3, with a row of step 4 that no checkpoint
     holds; resumed to step 6: rows 1..6, each once, the 4th of the resumed run."""
-    save = alpha.save_checkpoint
-
-    def save_then_die(path: Path, step: int, s: Any) -> None:
-        save(path, step, s)
-        raise Killed(step)
-
-    monkeypatch.setattr(alpha, "save_checkpoint", save_then_die)
-    with pytest.raises(Killed, match="3"):
+    with stopped_at_a_checkpoint(alpha, monkeypatch), pytest.raises(Killed, match="3"):
         alpha.train([*FAST, "--steps", "6", "--save-every", "3"])
-    monkeypatch.setattr(alpha, "save_checkpoint", save)
     history = tmp_path / "runs" / "alpha" / "metrics.jsonl"
     assert [r["step"] for r in rows(history)] == [1, 2, 3]
     with history.open("a") as f:
