@@ -123,6 +123,9 @@ def test_the_zoo_is_complete() -> None:
     assert len(TORCHVISION) == 80
 
 
+# A momentum copy's layers without reset_parameters() (convnext's layer scale) keep the copied
+# values under `init: fresh`, and say so.
+@pytest.mark.filterwarnings("ignore:`.*` has no reset_parameters:UserWarning")
 @pytest.mark.parametrize("name", TORCHVISION)
 def test_torchvision_compiles_and_trains_a_step(name: str, tmp_path: Path) -> None:
     """K = 4 memory-balanced blocks (fewer where the model has fewer legal cuts) with momentum

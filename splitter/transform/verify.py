@@ -106,6 +106,7 @@ def verify(
             train_outs[k],
             train_ref[k],
             grads[k],
+            trained[k],
             _outside(surgery.blocks, spans[k], k) - sync,
             k - spans[k] + 1,
         )
@@ -174,16 +175,35 @@ def _run_both(
 def _trained(
     blocks: Sequence[Block], x: torch.Tensor, spans: Sequence[int], grads: list[dict[int, float]]
 ) -> list[dict[int, float]]:
-    """The gradients that train: the train-mode pass's, and where a random draw there (dropout,
-    stochastic depth) zeroed a parameter's gradient, the larger of it and an eval-mode pass's."""
+    """The gradients that train: the train-mode pass's, and where it left a parameter's gradient
+    at zero, the larger of it and an eval-mode pass's with every all-zero parameter nudged off
+    zero. A random draw (dropout, stochastic depth) or a layer that starts at zero (a
+    zero-initialised classifier) zeroes gradients that training gives; a loss that never
+    reaches a parameter with a nonzero value (a zero weight, a dead branch) stays at zero."""
     own = [{id(p) for p in b.parameters()} for b in blocks]
     if all(g.get(pid, 0.0) > 0 for g, ids in zip(grads, own, strict=True) for pid in ids):
         return grads
-    calm = _local_backwards(blocks, x, spans, train=False)
+    with _nudged([p for b in blocks for p in b.parameters()]):
+        calm = _local_backwards(blocks, x, spans, train=False)
     return [
         {pid: max(a.get(pid, 0.0), b.get(pid, 0.0)) for pid in a.keys() | b.keys()}
         for a, b in zip(grads, calm, strict=True)
     ]
+
+
+@contextmanager
+def _nudged(params: Sequence[torch.Tensor]) -> Iterator[None]:
+    """Give every all-zero parameter small random values for the duration."""
+    zero = [p for p in params if p.numel() and not bool(p.detach().any())]
+    try:
+        with torch.no_grad():
+            for p in zero:
+                p.normal_(0.0, 1e-2)
+        yield
+    finally:
+        with torch.no_grad():
+            for p in zero:
+                p.zero_()
 
 
 def _local_backwards(
@@ -235,13 +255,14 @@ def _block_check(
     train_out: Any,
     train_ref: Any,
     grads: dict[int, float],
+    trains: dict[int, float],
     others: set[int],
     window: int,
 ) -> BlockCheck:
     """`others`: parameters (not synced) that this block's local loss must not reach (even
     with a zero gradient); a parameter is trained only by a nonzero gradient."""
     leaked = [pid for pid in others if pid in grads]
-    trained = sum(1 for p in block.parameters() if grads.get(id(p), 0.0) > 0)
+    trained = sum(1 for p in block.parameters() if trains.get(id(p), 0.0) > 0)
     check = BlockCheck(
         index=block.index,
         start=block.start,
