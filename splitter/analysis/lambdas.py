@@ -43,7 +43,10 @@ def infopro_config(section: AuxSection, k: int) -> InfoProAux | None:
 def for_cuts(
     analysis: Analysis, spec: SplitSpec, cuts: Sequence[CutPoint]
 ) -> dict[int, LossWeights]:
-    """The weights of every block with an InfoPro loss when the spec's model is cut at `cuts`."""
+    """The weights of every block with an InfoPro loss when the spec's model is cut at `cuts`
+    (without one, no cost model is built: plans, verify and inspect pay nothing for it)."""
+    if not any(infopro_config(spec.aux, k) for k in range(len(cuts))):
+        return {}
     costs = CostModel(analysis, Settings(spec.aux, spec.training.optimizer, "block"))
     position = {c.index: j + 1 for j, c in enumerate(analysis.cuts.cuts)}
     bounds = [0, *(position[c.index] for c in cuts), costs.boundaries]
@@ -69,14 +72,10 @@ def weights(config: InfoProAux, k: int, blocks: int, stage: int) -> LossWeights:
     span = blocks - 2
     position = k if config.schedule == "index" else stage
     ratio = position / span if span > 0 else 0.0
-    found = _at(config, ratio)
+    found = LossWeights(*_pair(config, ratio), ratio)
     if (found.lambda1 < 0 or found.lambda2 < 0 or found.zero) and span > 1:
         return LossWeights(*_pair(config, (span - 1) / span), (span - 1) / span, clamped=True)
     return found
-
-
-def _at(config: InfoProAux, ratio: float) -> LossWeights:
-    return LossWeights(*_pair(config, ratio), ratio)
 
 
 def _pair(config: InfoProAux, ratio: float) -> tuple[float, float]:
