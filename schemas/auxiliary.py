@@ -131,6 +131,9 @@ class MomentumAux(_Aux):
     block's weights."""
     learnable_scale: bool = True
     """Mix the copies with a learnable scale `s` (MAN++); false fixes `s` at 1 (MAN)."""
+    recompute: bool = True
+    """Recompute the EMA copy's activations in the backward instead of holding them: the same
+    values and gradients, about one copy's activations held instead of two, one more forward."""
     head: HeadConfig = ConvAux()
     """The auxiliary on top of the mixed copies, sized from their output: any non-momentum kind."""
 

@@ -160,9 +160,11 @@ class CostModel:
             head = self._head_cost(config.head, self.shape(end), self.layout(config.head, end))
             # Both copies run on the block's output with gradients to it: each saves the unit's
             # activations (the frozen copy's weights get no gradient, but autograd saves the
-            # same tensors for the gradient to the input).
+            # same tensors for the gradient to the input). With `recompute` the frozen copy's
+            # are made again in the backward once the trainable copy's are freed: one copy's.
+            copies = 1 if config.recompute else 2
             return AuxCost(
-                saved_bytes=2 * self._sum("saved_bytes", j, end) + head.saved_bytes,
+                saved_bytes=copies * self._sum("saved_bytes", j, end) + head.saved_bytes,
                 param_bytes=2 * unit_params + head.param_bytes,
                 trainable_bytes=unit_params + head.trainable_bytes,
             )
@@ -184,7 +186,7 @@ class CostModel:
             try:
                 InfoProDecoder.check(layout, image)
             except ValueError as e:
-                raise SplitterError(str(e)) from None
+                raise Unservable(str(e)) from None
             settings = (config.classifier, config.feature_dim, config.loss)  # positional: the key
             classifier = partial(InfoProHead, shape[1:], layout, classes, *settings)
             head = _measure(classifier, shape, precision)
@@ -312,6 +314,11 @@ def augmented_units(
         return list(feature_ends[last + 1 :])
     picks = sorted({round(last + (n - last - 1) / d * i) for i in range(1, d + 1)})
     return [feature_ends[i] for i in picks if i > last]
+
+
+class Unservable(SplitterError):
+    """The auxiliary cannot be built at this boundary (InfoPro's decoder after the global
+    pooling): the partitioner passes over such cuts; a spec that names one is refused."""
 
 
 def _save_index(costs: Sequence[NodeCost]) -> tuple[dict[int, int], dict[int, list[int]]]:

@@ -62,6 +62,8 @@ class AuxiliaryViews:
             end = min(self.costs.first_unit_end(j), self.bounds[k + 2])
             unit = self.unit(j, end, f"block {k}'s momentum auxiliary copies it")
             options = f"decay={config.decay}, learnable_scale={config.learnable_scale}"
+            if not config.recompute:
+                options += ", recompute=False"
             head = self.head(config.head, end, k)
             expression = f'Momentum({unit}(model), {head}, {options}, init="{config.init}")'
             comments.append(

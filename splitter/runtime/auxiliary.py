@@ -13,8 +13,10 @@ from torch import nn
 
 if __package__:  # imported by the library as `splitter.runtime.auxiliary`
     from .infopro import InfoProDecoder, InfoProHead
+    from .recompute import recomputed
 else:  # a package's own module beside train.py
     from infopro import InfoProDecoder, InfoProHead  # type: ignore[no-redef]
+    from recompute import recomputed  # type: ignore[no-redef]
 
 Layout = Literal["nchw", "nhwc", "nlc", "ncl", "nc"]
 
@@ -163,7 +165,13 @@ class Momentum(Auxiliary):
     unit, mixed as `y = s * lb(h) + (2 - s) * ema(h)` (`s` learnable for MAN++, fixed at 1 for
     MAN), then the `head` auxiliary on `y`. After each local backward the EMA moves towards the
     source unit's parameters: `ema = decay * ema + (1 - decay) * source` (buffers are not
-    averaged; the copies keep their own BatchNorm statistics)."""
+    averaged; the copies keep their own BatchNorm statistics).
+
+    With `recompute` (the default) the frozen branch `(2 - s) * ema(h)` holds no activations
+    between forward and backward: the backward runs it again (recompute.py), after the
+    trainable copy's backward has freed that copy's, so the auxiliary holds about one copy's
+    activations at a time instead of two, for one more forward of the copy. The values and
+    gradients are the same either way."""
 
     def __init__(
         self,
@@ -172,11 +180,12 @@ class Momentum(Auxiliary):
         decay: float = 0.995,
         learnable_scale: bool = True,
         init: Literal["copy", "fresh"] = "fresh",
+        recompute: bool = True,
     ) -> None:
         super().__init__()
         self.lb, self.ema = copy.deepcopy(source), copy.deepcopy(source)
         self.head: Auxiliary = head
-        self.decay = decay
+        self.decay, self.recompute = decay, recompute
         if init == "fresh":  # MAN and MAN++: independent random copies (the EMA converges)
             fresh(self.lb)
             fresh(self.ema)
@@ -195,9 +204,17 @@ class Momentum(Auxiliary):
         image: torch.Tensor,
         history: Sequence[torch.Tensor] = (),
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        y = self.scale * self.lb(h) + (2 - self.scale) * self.ema(h)
+        # The frozen branch first: autograd runs later nodes first, so the trainable copy's
+        # backward (freeing its activations) comes before the frozen one is recomputed.
+        frozen = recomputed(self.ema, self.frozen, h) if self.recompute else self.frozen(h)
+        y = self.scale * self.lb(h) + frozen
         loss, logits = self.head(y, target, image)
         return loss, logits
+
+    def frozen(self, h: torch.Tensor) -> torch.Tensor:
+        """The EMA copy's share of the mix, `(2 - s) * ema(h)`."""
+        out: torch.Tensor = (2 - self.scale) * self.ema(h)
+        return out
 
     @torch.no_grad()
     def after_backward(self) -> None:

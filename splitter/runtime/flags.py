@@ -44,6 +44,12 @@ def parser(description: str) -> Parser:
         help="local: each block on its own local loss; e2e: the unsplit model on the task loss",
     )
     p.add_argument(
+        "--checkpoint",
+        action="store_true",
+        help="with --mode e2e: activation checkpointing at the block boundaries (each block's "
+        "activations recomputed in the backward; the same weights, less memory, more time)",
+    )
+    p.add_argument(
         "--data", choices=data.DATA_SETS, default=TRAINING["data"]["name"], help="the data set"
     )
     p.add_argument("--data-root", default=TRAINING["data"]["root"], help="folder of the data set")
@@ -109,7 +115,11 @@ def parser(description: str) -> Parser:
         default=0,
         help="steps between checkpoints, besides each epoch's end and the last step (0: none)",
     )
-    p.add_argument("--no-checkpoint", action="store_true", help="write no checkpoint.pt")
+    p.add_argument(
+        "--no-checkpoint",
+        action="store_true",
+        help="write no checkpoint.pt (unrelated to --checkpoint, which recomputes activations)",
+    )
     p.add_argument(
         "--eval-batches",
         type=int,
@@ -158,5 +168,10 @@ def check(args: argparse.Namespace) -> None:
         value = getattr(args, flag[2:].replace("-", "_"))
         if value is not None and value < least:
             raise FlagError(f"{flag} {value} is below {least}; pass {flag} {least} or more")
+    if args.checkpoint and args.mode != "e2e":
+        raise FlagError(
+            "--checkpoint recomputes activations of the unsplit model; pass it with --mode e2e "
+            "(local training already keeps one block's activations at a time)"
+        )
     if args.timeout <= 0:
         raise FlagError(f"--timeout {args.timeout}: pass a positive number of seconds")

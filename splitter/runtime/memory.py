@@ -27,9 +27,17 @@ class PeakMemory:
     held for backward at once (tensors saved since the last backward, de-duplicated by
     storage, parameters left out), counted with saved-tensor hooks."""
 
-    def __init__(self, device: torch.device, params: Sequence[torch.Tensor]) -> None:
+    UNSEEN = "unmeasured_under_checkpoint"
+    """The CPU method under activation checkpointing, whose own saved-tensor hooks take the
+    saves: the tensor-level peak (`LiveTensors`) is the figure to read then."""
+
+    def __init__(
+        self, device: torch.device, params: Sequence[torch.Tensor], seen: bool = True
+    ) -> None:
         self.cuda = device.type == "cuda"
         self.method = "cuda_max_memory_allocated" if self.cuda else "saved_tensor_bytes"
+        if not self.cuda and not seen:
+            self.method = self.UNSEEN
         self.params = {p.untyped_storage().data_ptr() for p in params}
         self.held: dict[int, int] = {}
         self.total = self.peak_bytes = 0
@@ -58,8 +66,10 @@ class PeakMemory:
         self.held.clear()
         self.total = 0
 
-    def peak(self, device: torch.device) -> int:
-        return torch.cuda.max_memory_allocated(device) if self.cuda else self.peak_bytes
+    def peak(self, device: torch.device) -> int | None:
+        if self.cuda:
+            return torch.cuda.max_memory_allocated(device)
+        return None if self.method == self.UNSEEN else self.peak_bytes
 
 
 class Usage:
@@ -73,10 +83,14 @@ class Usage:
     (the first step); later steps repeat it and run without the tracker's per-operator cost."""
 
     def __init__(
-        self, device: torch.device, tracked: Sequence[torch.Tensor], live: bool = True
+        self,
+        device: torch.device,
+        tracked: Sequence[torch.Tensor],
+        live: bool = True,
+        checkpointed: bool = False,
     ) -> None:
         self.device = device
-        self.saved = PeakMemory(device, tracked)
+        self.saved = PeakMemory(device, tracked, seen=not checkpointed)
         self.live = LiveTensors() if live and device.type == "cpu" else None
         self.steps = 0
         if self.live is not None:

@@ -82,13 +82,11 @@ def max_or_none(values: Iterator[Any]) -> Any:
 
 def memory_line(metrics: dict[str, Any]) -> str:
     """`peak memory 303.6 MiB (saved_tensor_bytes), tensors 350.2 MiB, RSS 1,203.5 MiB`."""
-    saved, method = metrics["peak_memory_bytes"] / 2**20, metrics["peak_memory_method"]
-    line = f"peak memory {saved:,.1f} MiB ({method})"
-    if (
-        metrics["peak_tensor_bytes"] is not None
-        and metrics["peak_tensor_method"] != metrics["peak_memory_method"]
-    ):
-        line += f", tensors {metrics['peak_tensor_bytes'] / 2**20:,.1f} MiB"
+    saved, method = metrics["peak_memory_bytes"], metrics["peak_memory_method"]
+    parts = [] if saved is None else [f"peak memory {saved / 2**20:,.1f} MiB ({method})"]
+    if metrics["peak_tensor_bytes"] is not None and metrics["peak_tensor_method"] != method:
+        parts.append(f"tensors {metrics['peak_tensor_bytes'] / 2**20:,.1f} MiB")
+    line = ", ".join(parts) or f"peak memory unmeasured ({method})"
     if metrics["peak_rss_bytes"] is not None:
         line += f", RSS {metrics['peak_rss_bytes'] / 2**20:,.1f} MiB"
     return line

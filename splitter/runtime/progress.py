@@ -35,6 +35,8 @@ def announce(args: argparse.Namespace, out: Path) -> None:
     count = len(PACKAGE.get("block_flops") or []) or len(LOCK["partition"]["cuts"]) + 1
     if args.mode == "e2e":
         what = "the unsplit model end to end (--mode e2e)"
+        if args.checkpoint:
+            what += f", activations recomputed from its {count} block inputs (--checkpoint)"
     else:
         aux = LOCK["aux"]
         given = {int(k): v for k, v in (aux.get("blocks") or {}).items()}  # keys: '1' or 1

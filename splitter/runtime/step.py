@@ -14,6 +14,7 @@ import data
 import pipeline
 from auxiliary import InfoPro
 from memory import Allocator, Usage
+from recompute import recomputed
 from settings import LOCK
 
 
@@ -121,6 +122,8 @@ class Step:
     """What runs before block k's EMA update (receiving a source from another rank)."""
     stats: dict[int, dict[int, tuple[torch.Tensor, torch.Tensor]]] | None = None
     """While train() keeps a history: each step's loss and accuracy by block, until taken."""
+    checkpointed: bool = False
+    """e2e only: recompute each block's activations in the backward (`--checkpoint`)."""
 
     def __post_init__(self) -> None:
         self.latest = [None] * len(self.parts.blocks)
@@ -168,9 +171,11 @@ def local_step(
 def e2e_step(
     s: Step, x: torch.Tensor, y: torch.Tensor, step: int | None = None
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The unsplit model on the task loss, one backward through everything."""
+    """The unsplit model on the task loss, one backward through everything (with
+    `--checkpoint`, its blocks in a row, each but the last recomputed in the backward)."""
     with s.memory.saved.watch(), s.autocast():
-        logits = select_output(s.parts.model(x))
+        out = checkpointed(s.parts.blocks, x) if s.checkpointed else s.parts.model(x)
+        logits = select_output(out)
         loss = F.cross_entropy(logits, y)
     s.scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
     s.memory.saved.release()
@@ -181,6 +186,16 @@ def e2e_step(
     if s.stats is not None and step is not None:
         s.stats[step] = {0: latest}
     return s.latest  # type: ignore[return-value]
+
+
+def checkpointed(blocks: nn.ModuleList, x: torch.Tensor) -> Any:
+    """The model's forward as its blocks in a row (the blocks compose to the model: `verify`
+    checks it), each but the last under activation checkpointing: the backward keeps only the
+    block inputs and recomputes one block's activations at a time (recompute.py: the same
+    random state, the buffers put back, so the weights are plain e2e's)."""
+    for block in blocks[:-1]:
+        x = recomputed(block, block, x)
+    return blocks[-1](x)
 
 
 def step_optimizer(s: Step, optimizer: torch.optim.Optimizer, step: int | None) -> None:

@@ -3,6 +3,7 @@
     python train.py                                # the data and settings of spec.lock.yaml
     python train.py --data synthetic --steps 3
     python train.py --mode e2e --out runs/e2e      # the unsplit model, the same recipe
+    python train.py --mode e2e --checkpoint        # ... with activation checkpointing
     python train.py --data cifar10 --data-root ~/data --epochs 100 --out runs/cifar10
     python train.py --resume --export trained.pt   # continue from the checkpoint in --out
     python train.py --steps 0 --export initial.pt  # the initial weights only
@@ -195,7 +196,7 @@ def prepare(args: argparse.Namespace) -> tuple[Step, Placement]:
         parts=parts,
         scaler=torch.amp.GradScaler(device.type, enabled=args.precision == "fp16"),
         optimizers=make_optimizers(parts, args.mode),
-        memory=Usage(device, tensors, live=not args.compile),
+        memory=Usage(device, tensors, live=not args.compile, checkpointed=args.checkpoint),
         allocator=Allocator(args.malloc, device),
         locals=make_locals(parts, placement, args.compile),
         random=pipeline.BlockRandom(
@@ -208,6 +209,7 @@ def prepare(args: argparse.Namespace) -> tuple[Step, Placement]:
         lr=lr,
         total=total,
         per_epoch=per_epoch,
+        checkpointed=args.checkpoint,
     )
     return made, placement
 
