@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from schemas import SplitSpec, show_size
 from schemas.spec import AuxSection
-from splitter.analysis.costs import Balance, BlockCost, CostModel, Settings
+from splitter.analysis.costs import Balance, BlockCost, CostModel, Settings, Unservable
 from splitter.analysis.cuts import CutPoint
 from splitter.analysis.model import Analysis
 from splitter.errors import SplitterError
@@ -60,8 +60,9 @@ def partition_blocks(
     bounds, value = min_max(_objective(model, blocks, balance), most, blocks)
     if math.isinf(value):
         raise SplitterError(
-            f"{blocks} blocks would leave a block without parameters: the model has "
-            f"{len(model.unit_ends)} units; use at most {len(model.unit_ends)} blocks"
+            f"{blocks} blocks would leave a block without parameters or an auxiliary that "
+            f"cannot be built where its block ends: the model has {len(model.unit_ends)} units;"
+            f" use fewer blocks (at most {len(model.unit_ends)}) or another auxiliary kind"
         )
     return _result(model, balance, bounds)
 
@@ -101,7 +102,11 @@ def _objective(model: CostModel, blocks: int, balance: Balance) -> Cost:
             return math.inf  # a cut between an operation and what closes it
         key = (k if k_dependent or k == blocks - 1 else -1, i, j)
         if key not in cache:
-            block = model.block(k, i, j, blocks)
+            try:
+                block = model.block(k, i, j, blocks)
+            except Unservable:  # its auxiliary cannot be built here: not a candidate
+                cache[key] = math.inf
+                return math.inf
             # A block without parameters has nothing for its local loss to train.
             cache[key] = float(_measure_of(block, balance)) if block.params else math.inf
         return cache[key]
