@@ -1,23 +1,29 @@
-"""Peak training memory of local learning against end-to-end training, and the cost model's
-estimates against measured figures; every run is a fresh process running the emitted
-`train.py` as a user would (`python train.py ...`).
+"""Peak training memory and step time of local learning against end-to-end training, plain and
+with activation checkpointing, and the cost model's estimates against measured figures; every
+run is a fresh process running the emitted `train.py` as a user would (`python train.py ...`).
 
     python benchmarks/memory.py                   # both tables below
+    python benchmarks/memory.py --table local-vs-e2e --models torchvision:resnet101 --blocks 4
     python benchmarks/memory.py --table local-vs-e2e --malloc mmap default
     python benchmarks/memory.py --table estimate
     python benchmarks/memory.py --quick           # resnet18 112x112 batch 16, K = 2 4; two models
 
-local-vs-e2e: resnet101, 224x224, batch 32, K = 2, 4, 8, 16 (`--malloc mmap default` adds runs
-with train.py's other allocator settings; its default is `trim`).
-For each K the model is compiled with `auto: {blocks: K, balance: memory}` and `linear`
-auxiliaries (SGD with momentum), and trained `--steps` steps on synthetic data; e2e runs the
-same package with `--mode e2e`. Reported per run (train.py's metrics.json): the tensor-level
-peak (the most bytes of live tensor storages at once: parameters, gradients, optimizer state,
-activations, temporaries), the resident-memory peak (VmHWM) above the idle baseline (a process
-that has only imported torch and torchvision), autograd's saved bytes, the cost model's estimate
-of the local peak, and the median step time. estimate: resnet18/50/101 and vit_b_16 (224x224,
-batch 32) and the CIFAR ResNet-32 and ResNet-110 (batch 128) at K = 4: the cost model's saved
-activations and peaks against the measured ones. Prints markdown tables.
+local-vs-e2e: resnet101 and resnet152, 224x224, batch 32, K = 2, 4, 8. For each model, K and
+auxiliary (`linear`; `momentum`, MAN++; `infopro+momentum`, InfoPro's heads on MAN++'s copies)
+the model is compiled with `auto: {blocks: K, balance: memory}` and trained `--steps` steps on
+synthetic data (SGD with momentum). In the same sitting: the unsplit model (`--mode e2e`), and
+the unsplit model checkpointed at each K's block boundaries (`--mode e2e --checkpoint`, the
+`linear` package's blocks); and, at `--lever-blocks`, momentum with its EMA copy held instead of
+recomputed (`recompute: false`), the lever's effect. `--malloc mmap default` adds runs with
+train.py's other allocator settings (its default is `trim`). Reported per run (train.py's
+metrics.json): the tensor-level peak (the most bytes of live tensor storages at once:
+parameters, gradients, optimizer state, activations, temporaries), the resident-memory peak
+(VmHWM) above the idle baseline (a process that has only imported torch and torchvision),
+autograd's saved bytes (unmeasured under --checkpoint, whose own hooks take the saves), the cost
+model's estimate of the local peak, and the median step time, each against e2e's.
+estimate: resnet18/50/101 and vit_b_16 (224x224, batch 32) and the CIFAR ResNet-32 and
+ResNet-110 (batch 128) at K = 4: the cost model's saved activations and peaks against the
+measured ones. Prints markdown tables.
 """
 
 from __future__ import annotations
@@ -50,19 +56,35 @@ def idle_baseline() -> int:
     return runs[1]
 
 
+AUX: dict[str, dict[str, Any]] = {
+    "linear": {"kind": "linear"},
+    "momentum": {"kind": "momentum"},
+    "infopro+momentum": {"kind": "momentum", "head": {"kind": "infopro"}},
+}
+LEVER = ("momentum, EMA held", {"kind": "momentum", "recompute": False})
+"""Momentum without its one memory lever: the EMA copy's activations held, not recomputed."""
+
+
 def compile_for(
-    model: str, size: int, blocks: int, batch: int, folder: Path, kwargs: dict[str, int]
+    model: str,
+    size: int,
+    blocks: int,
+    batch: int,
+    folder: Path,
+    kwargs: dict[str, int],
+    aux: dict[str, Any] = AUX["linear"],
 ) -> tuple[Path, Any]:
     spec = {
         "version": 1,
         "model": {"ref": model, "input_shape": [3, size, size], "kwargs": kwargs},
         "partition": {"auto": {"blocks": blocks, "balance": "memory"}},
-        "aux": {"default": {"kind": "linear"}},
+        "aux": {"default": aux},
         "training": {"data": {"name": "synthetic"}, "batch_size": batch},
     }
-    path = folder / f"spec-{blocks}.yaml"
+    slug = "".join(c if c.isalnum() else "-" for c in json.dumps(aux))
+    path = folder / f"spec-{blocks}-{slug}.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    out = folder / f"pkg-{blocks}"
+    out = folder / f"pkg-{blocks}-{slug}"
     compiled = compile_package(None, str(path), ModelOptions(batch_size=batch), out=str(out))
     return out, plan_partition(compiled.plan)
 
@@ -123,38 +145,51 @@ def estimate_table(models: list[tuple[str, int, int, dict[str, int]]], steps: in
         print(f"| {name} | {batch} | {cells} |", flush=True)
 
 
-def local_vs_e2e_table(args: argparse.Namespace) -> None:
-    idle = idle_baseline()
+Row = tuple[str, str, dict[str, Any], dict[str, Any], int | None]
+"""A run's name, K, metrics, the e2e metrics it is set against, and the cost model's peak."""
+
+
+def local_vs_e2e_table(args: argparse.Namespace, model: str, idle: int) -> None:
     variants = [("", [])] + [(f" (--malloc {m})", ["--malloc", m]) for m in args.malloc]
-    rows = []
+    chosen = [(name, AUX[name], args.blocks) for name in args.aux]
+    if "momentum" in args.aux and args.lever_blocks:
+        chosen.append((LEVER[0], LEVER[1], args.lever_blocks))
+    rows: list[Row] = []
     with tempfile.TemporaryDirectory() as tmp:
         packages = {
-            k: compile_for(args.model, args.size, k, args.batch_size, Path(tmp), {})
-            for k in args.blocks
+            (name, k): compile_for(model, args.size, k, args.batch_size, Path(tmp), {}, aux)
+            for name, aux, blocks in chosen
+            for k in blocks
         }
-        first = packages[args.blocks[0]]
+        linear = {k: packages[name, k] for name, k in packages if name == "linear"}
+        first = next(iter(packages.values()))
         for label, extra in variants:
             e2e = run(first[0], "e2e", args.steps, args.batch_size, extra)
             rows.append((f"e2e{label}", "-", e2e, e2e, first[1].e2e_peak_bytes))
-            for k, (package, part) in packages.items():
+            for k, (package, _) in linear.items():
+                flags = ["--checkpoint", *extra]
+                checkpointed = run(package, "e2e", args.steps, args.batch_size, flags)
+                rows.append((f"e2e --checkpoint{label}", str(k), checkpointed, e2e, None))
+            for (name, k), (package, part) in packages.items():
                 local = run(package, "local", args.steps, args.batch_size, extra)
-                rows.append((f"local{label}", str(k), local, e2e, part.local_peak_bytes))
+                rows.append((f"local, {name}{label}", str(k), local, e2e, part.local_peak_bytes))
     print(
-        f"\n{args.model}, {args.size}x{args.size}, batch {args.batch_size}, fp32, {args.steps} "
-        f"steps, linear auxiliaries, SGD; idle baseline {mib(idle)} MiB RSS\n"
+        f"\n{model.removeprefix('torchvision:')}, {args.size}x{args.size}, batch "
+        f"{args.batch_size}, fp32, {args.steps} steps, SGD; idle baseline {mib(idle)} MiB RSS\n"
     )
     print(
         "| run | K | tensor peak MiB | / e2e | RSS peak above idle MiB | / e2e | "
-        "saved activations MiB | estimated peak MiB | step s |"
+        "saved activations MiB | estimated peak MiB | step s | / e2e |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name, k, m, e2e, estimate in rows:
         rss, rss_e2e = m["peak_rss_bytes"] - idle, e2e["peak_rss_bytes"] - idle
+        saved = "-" if m["peak_memory_bytes"] is None else mib(m["peak_memory_bytes"])
         print(
             f"| {name} | {k} | {mib(m['peak_tensor_bytes'])} | "
             f"{m['peak_tensor_bytes'] / e2e['peak_tensor_bytes']:.2f} | {mib(rss)} | "
-            f"{rss / rss_e2e:.2f} | {mib(m['peak_memory_bytes'])} | {mib(estimate)} | "
-            f"{m['step_time_s']:.1f} |",
+            f"{rss / rss_e2e:.2f} | {saved} | {'-' if estimate is None else mib(estimate)} | "
+            f"{m['step_time_s']:.1f} | {m['step_time_s'] / e2e['step_time_s']:.2f} |",
             flush=True,
         )
 
@@ -162,10 +197,20 @@ def local_vs_e2e_table(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--table", choices=["local-vs-e2e", "estimate", "both"], default="both")
-    parser.add_argument("--model", default="torchvision:resnet101")
+    parser.add_argument(
+        "--models", nargs="+", default=["torchvision:resnet101", "torchvision:resnet152"]
+    )
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--blocks", type=int, nargs="+", default=[2, 4, 8, 16])
+    parser.add_argument("--blocks", type=int, nargs="+", default=[2, 4, 8])
+    parser.add_argument("--aux", nargs="+", default=list(AUX), choices=list(AUX))
+    parser.add_argument(
+        "--lever-blocks",
+        type=int,
+        nargs="*",
+        default=[4],
+        help="K at which momentum also runs with its EMA copy held (none: skip)",
+    )
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument(
         "--malloc", nargs="*", default=[], choices=["mmap", "default"], help="also run with these"
@@ -174,15 +219,17 @@ def main() -> None:
     args = parser.parse_args()
     estimated = ESTIMATED
     if args.quick:
-        args.model, args.size, args.batch_size, args.blocks = (
-            "torchvision:resnet18",
+        args.models, args.size, args.batch_size, args.blocks = (
+            ["torchvision:resnet18"],
             112,
             16,
             [2, 4],
         )
         estimated = [("torchvision:resnet18", 112, 16, {}), (str(RESNET_CIFAR), 32, 64, {})]
     if args.table in ("local-vs-e2e", "both"):
-        local_vs_e2e_table(args)
+        idle = idle_baseline()
+        for model in args.models:
+            local_vs_e2e_table(args, model, idle)
     if args.table in ("estimate", "both"):
         estimate_table(estimated, args.steps)
 
