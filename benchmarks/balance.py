@@ -2,8 +2,11 @@
 
 For each model (224x224, batch 32, fp32, K = 4, momentum auxiliaries, SGD): the largest block's
 variable bytes (saved activations of the block and its auxiliary, and their gradients) when the
-cuts balance `memory` (splitter's default), `units` (equal unit counts, as DGL does) or `params`
-(as DeepSpeed's `parameters` method does), and the largest over the mean for `memory`. Then the
+cuts balance `memory` (splitter's default, under the default rules of `partition.auto`: a whole
+unit and 1% of the FLOPs in every block, the classifier in the last, 2% slack for compute
+balance), `units` (equal unit counts, as DGL does) or `params` (as DeepSpeed's `parameters`
+method does); for `memory` the largest over the mean of memory and of FLOPs, the smallest
+block's share of the FLOPs, and the same with every rule off. Then the
 bundled CIFAR ResNet-32 (batch 128, as the InfoPro paper trains it) against that paper's
 hand-written K = 4 and K = 8 cuts, and the time the partitioner adds to tracing and annotation.
 
@@ -20,7 +23,13 @@ from pathlib import Path
 from digits_accuracy import CUTS
 
 from splitter import ModelOptions, analyze
-from splitter.partitioning.partitioner import evaluate, partition_blocks, settings_from
+from splitter.partitioning.partitioner import (
+    Partition,
+    Rules,
+    evaluate,
+    partition_blocks,
+    settings_from,
+)
 
 RESNET32 = Path(__file__).resolve().parent.parent / "examples" / "resnet_cifar" / "model.py"
 MODELS = ["resnet50", "resnet101", "resnet152", "vit_b_16", "densenet121", "efficientnet_b0"]
@@ -33,24 +42,36 @@ def mib(n: float) -> str:
 def balance_table(models: list[str], blocks: int) -> None:
     settings = settings_from(None, None, None)
     print(
-        f"| model (K={blocks}) | memory: largest MiB | largest / mean | units: largest MiB | "
+        f"| model (K={blocks}) | memory: largest MiB | largest / mean | FLOPs: largest / mean | "
+        "smallest block's FLOPs | rules off: largest MiB (/ mean) | units: largest MiB | "
         "params: largest MiB | e2e peak MiB | local peak MiB (memory) | saving |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name in models:
         analysis = analyze(f"torchvision:{name}", ModelOptions(batch_size=32))
         parts = {
             b: partition_blocks(analysis, blocks, settings, b)
             for b in ("memory", "units", "params")
         }
+        free = partition_blocks(analysis, blocks, settings, rules=Rules(0, 0.0, "free", 0.0))
         largest = {b: max(x.variable_bytes for x in p.blocks) for b, p in parts.items()}
-        variable = [x.variable_bytes for x in parts["memory"].blocks]
         best = parts["memory"]
+        flops = [x.flops for x in best.blocks]
         print(
-            f"| {name} | {mib(largest['memory'])} | {max(variable) / (sum(variable) / blocks):.3f}"
+            f"| {name} | {mib(largest['memory'])} | {spread(best, 'variable_bytes')} | "
+            f"{spread(best, 'flops')} | {min(flops) / sum(flops):.1%} | "
+            f"{mib(max(x.variable_bytes for x in free.blocks))} ({spread(free, 'variable_bytes')})"
             f" | {mib(largest['units'])} | {mib(largest['params'])} | "
             f"{mib(best.e2e_peak_bytes)} | {mib(best.local_peak_bytes)} | {best.saving:.1%} |"
         )
+        for warning in best.warnings:
+            print(f"<!-- {name}: {warning} -->")
+
+
+def spread(part: Partition, key: str) -> str:
+    """The largest block's `key` over the mean."""
+    values = [getattr(x, key) for x in part.blocks]
+    return f"{max(values) / (sum(values) / len(values)):.3f}"
 
 
 def hand_split_table(batch: int = 128) -> None:

@@ -255,13 +255,15 @@ def partition(
             spec=spec,
             options=options,
         )
-        text = spec_yaml(part, part.spec, aux, optimizer)
+        text = spec_yaml(
+            part, part.spec, aux, optimizer, model_args=options.model_args, path=target
+        )
         _draw(drawing, lambda: (part.analysis, part))
         if target is not None:
             write_atomically(target, text)
         return partition_report(part, text, str(target) if target else None)
 
-    report = _run(build, spec="--spec")
+    report = _run(build, spec="--spec", model_args="--model-arg")
     _say_plotted(plot)
     console.print_notes(report)
     if fmt == "json":

@@ -52,11 +52,21 @@ def parse_size(text: str | int) -> int:
     return int(Fraction(match["number"]) * factor)
 
 
+def unit_of(text: str | int) -> str | None:
+    """The unit `text` is written in, spelled as `UNITS` spells it (`64kib` -> `KiB`); None
+    for a bare number of bytes."""
+    match = _SIZE.fullmatch(text) if isinstance(text, str) else None
+    written = match["unit"].lower() if match else ""
+    return next((unit for unit in UNITS if unit.lower() == written and written != "b"), None)
+
+
 def mib(n: int, unit: bool = False) -> str:
     """`1,234.5`: bytes in MiB with one decimal (`1,234.5 MiB` with `unit`)."""
     return f"{n / 2**20:,.1f}" + (" MiB" if unit else "")
 
 
-def show_size(n: int) -> str:
-    """`1.50 GiB`, or in MiB below one GiB (`512.0 MiB`)."""
+def show_size(n: int, unit: str | None = None) -> str:
+    """`1.50 GiB`, or in MiB below one GiB (`512.0 MiB`); in `unit` when given (`64.0 KiB`)."""
+    if unit is not None:
+        return f"{n / UNITS[unit]:,.1f} {unit}"
     return f"{n / 2**30:,.2f} GiB" if n >= 2**30 else mib(n, unit=True)

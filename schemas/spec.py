@@ -78,6 +78,16 @@ class AutoPartition(SpecModel):
     balance: Literal["memory", "flops", "params", "units"] = "memory"
     """What the blocks are balanced on: activation `memory` (with the auxiliary's), `flops`,
     `params`, or the number of `units`."""
+    min_units: int = Field(default=1, ge=0)
+    """Every block holds at least this many whole units with parameters (0: no rule)."""
+    min_block_flops: float = Field(default=0.01, ge=0, lt=1)
+    """Every block holds at least this fraction of the model's forward FLOPs (0: no rule)."""
+    tail: Literal["last", "free"] = "last"
+    """`last`: what follows the global pooling (the classifier) stays in the last block; `free`:
+    it may be cut like the rest."""
+    slack: float = Field(default=0.02, ge=0)
+    """With `balance: memory`, among the splits whose largest block is within this fraction of
+    the smallest possible, the one whose largest block has the fewest FLOPs."""
 
     @field_validator("budget", mode="before", json_schema_input_type=_BudgetInput)
     @classmethod

@@ -72,7 +72,8 @@ def test_partition_at_80_columns_keeps_block_ends_whole() -> None:
     argv = ["partition", "torchvision:resnet50", "--input-shape", "3,32,32", "--blocks", "4"]
     result = CliRunner().invoke(app, argv, env={"COLUMNS": "80"})
     assert result.exit_code == 0, result.stderr
-    assert max(len(line) for line in result.stderr.splitlines()) <= 80
+    table = [line for line in result.stderr.splitlines() if not line.startswith("warning: ")]
+    assert max(len(line) for line in table) <= 80  # warnings are prose the terminal wraps
     cuts = re.findall(r"^    - (\S+)  # block", result.stdout, flags=re.M)
     assert len(cuts) == 3
     for name in cuts:

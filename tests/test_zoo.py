@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import re
 from pathlib import Path
 
 import pytest
@@ -16,14 +15,14 @@ import torchvision
 from schemas import parse_spec
 from splitter.analysis.model import Analysis, analyze
 from splitter.api import compile_package
-from splitter.errors import SplitterError
 from splitter.frontend.modelref import ModelOptions
 from splitter.package import load_package
-from splitter.partitioning.plan import plan_for
+from splitter.partitioning.plan import Plan, plan_for
 from splitter.report.picture import picture
 from splitter.report.plot import cut_label, svg_text
 from splitter.report.tables import plan_partition
 from splitter.transform.verify import tree_equal, verify_plan
+from tests.test_useful_splits import assert_worth_training
 
 pytestmark = [pytest.mark.zoo, pytest.mark.filterwarnings("ignore::FutureWarning")]
 
@@ -63,11 +62,15 @@ def evenly_spaced(names: list[str], count: int = 4) -> list[str]:
     return [names[i] for i in picks]
 
 
+def planned(analysis: Analysis, partition: str, root: str | None = None) -> Plan:
+    """The plan of the spec `version: 1, partition: <partition>` for the analysed model."""
+    root_line = f"model: {{root: {root}}}\n" if root else ""
+    return plan_for(analysis, parse_spec(f"version: 1\n{root_line}partition: {partition}\n"))
+
+
 def verified(analysis: Analysis, partition: str, root: str | None = None) -> list[str]:
     """Verify the spec `version: 1, partition: <partition>` on the analysed model."""
-    root_line = f"model: {{root: {root}}}\n" if root else ""
-    loaded = parse_spec(f"version: 1\n{root_line}partition: {partition}\n")
-    plan = plan_for(analysis, loaded)
+    plan = planned(analysis, partition, root)
     result = verify_plan(plan, batch_size=2)
     assert result.ok, (partition, result)
     return [c.name for c in plan.cuts]
@@ -76,20 +79,15 @@ def verified(analysis: Analysis, partition: str, root: str | None = None) -> lis
 @pytest.mark.parametrize("name", TORCHVISION)
 def test_torchvision(name: str) -> None:
     """Traces and annotates; 4 evenly spaced legal cuts verify; the partitioner's K = 2, 4
-    and 8 blocks (or as many as the legal cuts allow, said so) verify."""
+    and 8 blocks (or as many as the rules allow, said so) keep the rules and verify."""
     size = SMALLEST.get(name, 32)
     analysis = check(f"torchvision:{name}", ModelOptions(batch_size=2, input_shape=(3, size, size)))
     cuts = evenly_spaced([c.name for c in analysis.cuts.cuts])
     verified(analysis, "{cuts: %s}" % json.dumps(cuts))
     for blocks in (2, 4, 8):
-        try:
-            cuts = verified(analysis, f"{{auto: {{blocks: {blocks}}}}}")
-        except SplitterError as error:  # fewer units than blocks: the most it can is said
-            most = re.search(r"use at most (\d+) blocks", str(error))
-            assert most and int(most.group(1)) < blocks, error
-            assert len(verified(analysis, f"{{auto: {{blocks: {most.group(1)}}}}}")) < blocks - 1
-            continue
-        assert len(cuts) == blocks - 1
+        plan = planned(analysis, f"{{auto: {{blocks: {blocks}}}}}")
+        assert_worth_training(analysis, plan.cuts, blocks)  # fewer blocks only with a warning
+        cuts = verified(analysis, json.dumps({"cuts": [c.name for c in plan.cuts]}))
         if blocks == 4:
             drawn(analysis, cuts)
 
@@ -132,15 +130,9 @@ def test_torchvision_compiles_and_trains_a_step(name: str, tmp_path: Path) -> No
     auxiliaries; the emitted package trains one step on synthetic data."""
     size = SMALLEST.get(name, 32)
     options = ModelOptions(batch_size=2, input_shape=(3, size, size))
-    out, blocks = tmp_path / "pkg", 4
-    try:
-        compile_package(f"torchvision:{name}", None, options, out=str(out), blocks=blocks)
-    except SplitterError as error:
-        found = re.search(r"use at most (\d+) blocks", str(error))
-        if not found:
-            raise
-        blocks = int(found.group(1))
-        compile_package(f"torchvision:{name}", None, options, out=str(out), blocks=blocks)
+    out = tmp_path / "pkg"
+    compiled = compile_package(f"torchvision:{name}", None, options, out=str(out), blocks=4)
+    blocks = len(compiled.plan.cuts) + 1
     args = ["--data", "synthetic", "--steps", "1", "--batch-size", "2", "--eval-batches", "1"]
     args += ["--no-checkpoint"]  # vit_h_14's would be 9 GiB
     with load_package(out) as train:

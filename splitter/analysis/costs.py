@@ -7,6 +7,7 @@ gradients come and go (the variable part). The local peak is `fixed + max_k vari
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
 from collections.abc import Callable, Sequence
@@ -259,6 +260,25 @@ class CostModel:
     def admissible(self, j: int) -> bool:
         """Whether boundary j keeps every unit whole (the input and output always do)."""
         return j in (0, self.boundaries) or self.cuts[j - 1].admissible
+
+    def units(self, i: int, j: int) -> int:
+        """The whole units with parameters between boundaries i and j."""
+        return bisect.bisect_right(self.unit_ends, j) - bisect.bisect_right(self.unit_ends, i)
+
+    @cached_property
+    def tail_start(self) -> int:
+        """Where the classifier tail begins: the end of the last unit whose output is maps or a
+        sequence, before global pooling, flattening and the classifier. A cut there or later
+        would leave the tail a block of its own. The output when the output is itself maps or
+        a sequence (segmentation, language models) or no unit makes maps (an MLP)."""
+        output = self.costs[self.position[self.boundaries]].shape
+        if output is None or len(output) >= 3:
+            return self.boundaries
+        maps = [e for e in self.unit_ends if e < self.boundaries and self._rank(e) >= 3]
+        return maps[-1] if maps else self.boundaries
+
+    def _rank(self, j: int) -> int:
+        return len(self.costs[self.position[j]].shape or ())
 
     def first_unit_end(self, j: int) -> int:
         return next((end for end in self.unit_ends if end > j), self.boundaries)

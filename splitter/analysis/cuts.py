@@ -222,3 +222,20 @@ def units(
             merged.append((*carry, 0))
             carry = None
     return [Unit(i, s, e, p) for i, (s, e, p) in enumerate(merged)]
+
+
+FEW_CUTS = 7
+"""Fewer admissible cuts than this (8 blocks impossible) earn `inspect` a warning."""
+
+
+def few_cuts(cuts: Sequence[CutPoint]) -> list[str]:
+    """A warning when a model has few single-tensor cuts that keep its units whole (cells
+    that read two earlier tensors, dense or multi-resolution blocks), and what it means for K."""
+    admissible = [c.name for c in cuts if c.admissible]
+    if len(admissible) >= FEW_CUTS:
+        return []
+    names = ", ".join(f"`{n}`" for n in admissible) or "none"
+    return [
+        f"only {len(admissible)} admissible cuts ({names}): elsewhere several tensors are live "
+        f"at once, which a cut cannot carry yet, so at most {len(admissible) + 1} blocks"
+    ]

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch.fx as fx
 
-from schemas import LoadedSpec, SplitSpec
+from schemas import LoadedSpec, SplitSpec, show_size
 from schemas.positions import locate
 from splitter.analysis.cuts import CutPoint
 from splitter.analysis.explain import explain_cut
@@ -17,7 +17,13 @@ from splitter.analysis.model import Analysis, analyze
 from splitter.errors import SpecError, SplitterError
 from splitter.frontend.annotate import node_cost
 from splitter.frontend.modelref import ModelOptions
-from splitter.partitioning.partitioner import partition_blocks, partition_budget, settings_from
+from splitter.partitioning.partitioner import (
+    Partition,
+    Rules,
+    partition_blocks,
+    partition_budget,
+    settings_from,
+)
 from splitter.transform.surgery import Surgery, split
 
 Problem = tuple[tuple[str | int, ...], str]
@@ -74,9 +80,7 @@ def check_spec(loaded: LoadedSpec, analysis: Analysis) -> list[CutPoint]:
     spec = loaded.spec
     problems: list[Problem] = []
     cuts: list[CutPoint] = []
-    if spec.partition.auto is not None:
-        problems += _auto_problems(spec, sum(c.admissible for c in analysis.cuts.cuts))
-    else:
+    if spec.partition.auto is None:
         cuts, cut_problems = resolve_cuts(analysis, spec.partition.cuts or [])
         problems += cut_problems
     auto = spec.partition.auto
@@ -84,8 +88,9 @@ def check_spec(loaded: LoadedSpec, analysis: Analysis) -> list[CutPoint]:
     problems += _aux_problems(spec, blocks)
     problems += _output_problems(spec, analysis)
     if not problems and auto is not None:
-        cuts = _auto_cuts(spec, analysis)
-        problems += _aux_problems(spec, len(cuts) + 1)
+        found = _auto_partition(spec, analysis)
+        cuts = found.cuts
+        problems += _aux_problems(spec, len(cuts) + 1) if cuts else _one_block(spec, found)
     if not problems:
         problems += _loss_problems(spec, analysis, cuts)
     if problems:
@@ -93,29 +98,33 @@ def check_spec(loaded: LoadedSpec, analysis: Analysis) -> list[CutPoint]:
     return cuts
 
 
-def _auto_cuts(spec: SplitSpec, analysis: Analysis) -> list[CutPoint]:
-    """`partition.auto`: the partitioner's cuts for the spec's auxiliaries and optimizer."""
+def _auto_partition(spec: SplitSpec, analysis: Analysis) -> Partition:
+    """`partition.auto`: the partitioner's split for the spec's auxiliaries and optimizer; its
+    warnings go with the model's."""
     auto = spec.partition.auto
     assert auto is not None
-    settings = settings_from(spec, None, None)
+    settings, rules = settings_from(spec, None, None), Rules.of(auto)
     if auto.blocks:
-        return partition_blocks(analysis, auto.blocks, settings, auto.balance).cuts
-    assert auto.budget is not None
-    return partition_budget(analysis, auto.budget, settings, auto.balance).cuts
+        found = partition_blocks(analysis, auto.blocks, settings, auto.balance, rules)
+    else:
+        assert auto.budget is not None
+        found = partition_budget(analysis, auto.budget, settings, auto.balance, rules)
+    analysis.model.warnings.extend(found.warnings)
+    return found
 
 
-def _auto_problems(spec: SplitSpec, admissible: int) -> list[Problem]:
-    auto = spec.partition.auto
-    if auto is None or not auto.blocks or auto.blocks <= admissible + 1:
-        return []
-    return [
-        (
-            ("partition", "auto", "blocks"),
-            f"{auto.blocks} blocks need {auto.blocks - 1} cuts but the model has {admissible} "
-            f"admissible cuts (legal cuts that keep every unit whole); use at most "
-            f"{admissible + 1} blocks",
+def _one_block(spec: SplitSpec, found: Partition) -> list[Problem]:
+    """`partition.auto` chose one block: end to end, nothing for local training."""
+    budget = spec.partition.auto.budget if spec.partition.auto else None
+    if budget is not None:
+        why = (
+            f"the model fits the budget of {show_size(budget)} unsplit (peak "
+            f"{show_size(found.local_peak_bytes)}): train it end to end, or lower "
+            "`partition.auto.budget` to split it"
         )
-    ]
+        return [(("partition", "auto", "budget"), why)]
+    why = found.warnings[0] if found.warnings else "one block"
+    return [(("partition", "auto"), f"{why}; there is nothing to compile for local training")]
 
 
 def _loss_problems(spec: SplitSpec, analysis: Analysis, cuts: list[CutPoint]) -> list[Problem]:

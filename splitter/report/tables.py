@@ -12,7 +12,7 @@ from rich.table import Table
 
 from schemas import mib
 from splitter.analysis.costs import BlockCost
-from splitter.analysis.cuts import units
+from splitter.analysis.cuts import few_cuts, units
 from splitter.analysis.lambdas import for_cuts
 from splitter.analysis.model import Analysis
 from splitter.frontend.annotate import NodeCost, node_cost, output_shape
@@ -47,7 +47,7 @@ def inspect_report(analysis: Analysis, plan: Plan | None = None) -> dict[str, An
         "cut_points": _cut_rows(analysis, costs),
         "units": [u.__dict__ for u in units(gm, analysis.cuts.cuts, block_ends)],
         "blocks": _block_rows(gm, costs, plan, priced),
-        "warnings": list(model.warnings),
+        "warnings": [*model.warnings, *few_cuts(analysis.cuts.cuts)],
         **(cost_fields(priced) if priced else {}),
     }
 
