@@ -255,6 +255,10 @@ def partition(
             spec=spec,
             options=options,
         )
+        if len(part.blocks) == 1:  # the warning says why; there is no split to write
+            written = f"; `{target}` is not written" if target else ""
+            part.analysis.model.warnings.append(f"one block is end to end: no spec{written}")
+            return partition_report(part, "", None)
         text = spec_yaml(
             part, part.spec, aux, optimizer, model_args=options.model_args, path=target
         )

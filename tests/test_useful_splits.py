@@ -176,3 +176,16 @@ def test_a_spec_asking_too_many_blocks_plans_the_most_possible(tmp_path: Path) -
     result = CliRunner().invoke(app, ["verify", str(spec)])
     assert result.exit_code == 0, result.output
     assert "99 blocks are not possible: the model has 6 admissible cuts" in result.output
+
+
+def test_partition_to_one_block_writes_no_spec_and_says_so(cli: CliRunner, tmp_path: Path) -> None:
+    spec = tmp_path / "strict.yaml"
+    spec.write_text(
+        f"version: 1\nmodel: {{ref: {CIFAR}, input_shape: [3, 32, 32]}}\n"
+        "partition: {auto: {blocks: 4, min_block_flops: 0.6}}\n"
+    )
+    out = tmp_path / "out.yaml"
+    result = cli.invoke(app, ["partition", "--spec", str(spec), "--blocks", "4", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "1 block: train end to end" in result.output and "is not written" in result.output
+    assert not out.exists()
