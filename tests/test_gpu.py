@@ -40,7 +40,10 @@ def test_split_verifies_on_cuda() -> None:
     assert result.output_equal_eval and all(b.isolated for b in result.blocks)
 
 
-@pytest.mark.parametrize("flags", [[], ["--precision", "fp16", "--channels-last"], ["--mode", "e2e"]])
+@pytest.mark.parametrize(
+    "flags",
+    [[], ["--precision", "fp16", "--channels-last"], ["--mode", "e2e"], ["--mode", "e2e", "--checkpoint"]],
+)
 def test_compiled_package_trains_on_cuda(tmp_path: Path, flags: list[str]) -> None:
     from splitter.api import compile_package
     from splitter.package import load_package
