@@ -14,7 +14,7 @@ import torchvision
 
 from schemas import parse_spec
 from splitter.analysis.model import Analysis, analyze
-from splitter.api import compile_package
+from splitter.api import compile_package, partition
 from splitter.frontend.modelref import ModelOptions
 from splitter.package import load_package
 from splitter.partitioning.plan import Plan, plan_for
@@ -107,6 +107,22 @@ def drawn(analysis: Analysis, cuts: list[str]) -> None:
 @pytest.mark.parametrize("name", TIMM)
 def test_timm(name: str) -> None:
     check(f"timm:{name}", ModelOptions(batch_size=2))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("timm") is None, reason="timm not installed")
+@pytest.mark.parametrize(("name", "size"), [("pnasnet5large", 64), ("hrnet_w18_small", 224)])
+def test_timm_models_with_few_cuts_get_splits_worth_training(name: str, size: int) -> None:
+    """Cells reading two tensors (pnasnet) and parallel resolutions (hrnet) leave few
+    single-tensor cuts: K = 4 gives as many blocks as the rules allow (pnasnet: one, end to
+    end, said so), each worth training; a split that saves nothing (hrnet's cuts are all in
+    the stem) says so."""
+    options = ModelOptions(batch_size=2, input_shape=(3, size, size))
+    found = partition(f"timm:{name}", blocks=4, options=options)
+    assert_worth_training(found.analysis, found.cuts, 4)
+    if len(found.blocks) == 1:
+        assert "1 block: train end to end" in found.warnings[0]
+    if found.local_peak_bytes > found.e2e_peak_bytes:
+        assert any("saves no memory" in w for w in found.warnings)
 
 
 def test_detection_backbone_verifies_as_root() -> None:
