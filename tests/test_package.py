@@ -64,7 +64,9 @@ def test_package_trains_three_steps_without_splitter(
     assert done.returncode == 0, done.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 3 and len(metrics["block_losses"]) == 4
-    assert metrics["peak_memory_method"] == "saved_tensor_bytes" and metrics["peak_memory_bytes"] > 0
+    # the momentum auxiliaries' EMA copies recompute in the backward: not in the saved count
+    assert metrics["peak_memory_method"] == "saved_tensor_bytes_outside_recomputation"
+    assert metrics["peak_memory_bytes"] > 0
     assert metrics["peak_tensor_method"] == "live_tensor_bytes"
     assert metrics["peak_rss_bytes"] > metrics["peak_tensor_bytes"] > metrics["peak_memory_bytes"]
     assert "tensors" in done.stdout and "RSS" in done.stdout

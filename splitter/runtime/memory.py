@@ -11,7 +11,7 @@ import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch.utils import _pytree as pytree
@@ -28,16 +28,21 @@ class PeakMemory:
     storage, parameters left out), counted with saved-tensor hooks."""
 
     UNSEEN = "unmeasured_under_checkpoint"
-    """The CPU method under activation checkpointing, whose own saved-tensor hooks take the
-    saves: the tensor-level peak (`LiveTensors`) is the figure to read then."""
+    """The CPU method under `--checkpoint`, whose saved-tensor hooks take every block's saves:
+    the tensor-level peak (`LiveTensors`) is the figure to read then."""
+    PARTIAL = "saved_tensor_bytes_outside_recomputation"
+    """The CPU method when parts of the step recompute their activations in the backward (the
+    momentum auxiliaries' EMA copies): their saves exist only then and are not counted."""
 
     def __init__(
-        self, device: torch.device, params: Sequence[torch.Tensor], seen: bool = True
+        self,
+        device: torch.device,
+        params: Sequence[torch.Tensor],
+        seen: Literal["all", "partly", "none"] = "all",
     ) -> None:
         self.cuda = device.type == "cuda"
-        self.method = "cuda_max_memory_allocated" if self.cuda else "saved_tensor_bytes"
-        if not self.cuda and not seen:
-            self.method = self.UNSEEN
+        methods = {"all": "saved_tensor_bytes", "partly": self.PARTIAL, "none": self.UNSEEN}
+        self.method = "cuda_max_memory_allocated" if self.cuda else methods[seen]
         self.params = {p.untyped_storage().data_ptr() for p in params}
         self.held: dict[int, int] = {}
         self.total = self.peak_bytes = 0
@@ -87,10 +92,10 @@ class Usage:
         device: torch.device,
         tracked: Sequence[torch.Tensor],
         live: bool = True,
-        checkpointed: bool = False,
+        seen: Literal["all", "partly", "none"] = "all",
     ) -> None:
         self.device = device
-        self.saved = PeakMemory(device, tracked, seen=not checkpointed)
+        self.saved = PeakMemory(device, tracked, seen)
         self.live = LiveTensors() if live and device.type == "cpu" else None
         self.steps = 0
         if self.live is not None:

@@ -48,7 +48,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
@@ -196,7 +196,7 @@ def prepare(args: argparse.Namespace) -> tuple[Step, Placement]:
         parts=parts,
         scaler=torch.amp.GradScaler(device.type, enabled=args.precision == "fp16"),
         optimizers=make_optimizers(parts, args.mode),
-        memory=Usage(device, tensors, live=not args.compile, checkpointed=args.checkpoint),
+        memory=Usage(device, tensors, live=not args.compile, seen=saves_seen(parts, args)),
         allocator=Allocator(args.malloc, device),
         locals=make_locals(parts, placement, args.compile),
         random=pipeline.BlockRandom(
@@ -212,6 +212,15 @@ def prepare(args: argparse.Namespace) -> tuple[Step, Placement]:
         checkpointed=args.checkpoint,
     )
     return made, placement
+
+
+def saves_seen(parts: Parts, args: argparse.Namespace) -> Literal["all", "partly", "none"]:
+    """How much of autograd's saves the saved-tensor count sees: none under `--checkpoint`,
+    not the recomputed EMA copies of momentum auxiliaries in local training."""
+    if args.checkpoint:
+        return "none"
+    recomputing = any(getattr(m, "recompute", False) for m in parts.auxiliaries.modules())
+    return "partly" if args.mode == "local" and recomputing else "all"
 
 
 def make_schedule(s: Step, args: argparse.Namespace, placement: Placement) -> Schedule:
