@@ -219,24 +219,24 @@ class _Search:
     def _fewer(self, asked: int, found: int) -> str:
         """Why `asked` blocks are not possible, and what is done instead."""
         rules = self.rules
+        cuts = (
+            f"the model has {self.admissible} admissible cuts (single-tensor cuts that keep "
+            "every unit whole)"
+        )
         if asked > self.admissible + 1:
-            why = [
-                f"the model has {self.admissible} admissible cuts (single-tensor cuts that keep "
-                "every unit whole)"
-            ]
+            why = [cuts]
         else:
             why = [
                 rules.describe(name)
                 for name in rules.active
                 if self.feasible(asked, rules.without(name))
             ]
-        if not why and self.feasible(asked, Rules(0, 0.0, "free", rules.slack)):
+        if not why and self.feasible(asked, replace(rules, **_OFF)):  # type: ignore[arg-type]
             why = ["the rules together: " + "; ".join(rules.describe(n) for n in rules.active)]
         if not why:
             why = [
-                f"the model has {self.admissible} admissible cuts (single-tensor cuts that keep "
-                f"every unit whole), too few for {asked} blocks that each hold parameters and "
-                "an auxiliary that can be built where they end (`splitter inspect` lists them)"
+                f"{cuts}, too few for {asked} blocks that each hold parameters and an auxiliary "
+                "that can be built where they end (`splitter inspect` lists them)"
             ]
         instead = "1 block: train end to end" if found == 1 else f"{found} blocks instead"
         return f"{asked} blocks are not possible: {'; or '.join(why)}; {instead}"
