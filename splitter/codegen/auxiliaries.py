@@ -10,7 +10,7 @@ from schemas.auxiliary import AugmentedAux, ConvAux, InfoProAux, LinearAux, Mlaa
 from splitter.analysis.costs import CostModel, augmented_units
 from splitter.analysis.lambdas import loss_weights
 from splitter.analysis.layouts import InfoProDecoder, Layout, default_layout, infer_layout
-from splitter.codegen.source import Imports, ModuleSource, module_source
+from splitter.codegen.source import Imports, ModuleSource, ShapeText, module_source
 from splitter.errors import AuxiliaryError
 from splitter.partitioning.partitioner import settings_from
 from splitter.partitioning.plan import Plan
@@ -43,8 +43,11 @@ class AuxiliaryViews:
     """Every block's auxiliary, in boundary indices: 0 the input, 1..n-1 the model's legal
     cuts, n the output (the cost model's numbering)."""
 
-    def __init__(self, plan: Plan, imports: Imports, batch: int) -> None:
+    def __init__(
+        self, plan: Plan, imports: Imports, batch: int, shapes: ShapeText | None = None
+    ) -> None:
         self.plan, self.imports, self.batch = plan, imports, batch
+        self.shapes = shapes or ShapeText(batch)
         self.analysis = plan.analysis
         self.costs = CostModel(self.analysis, settings_from(plan.spec.spec, None, None))
         cuts = list(self.analysis.cuts.cuts)
@@ -168,7 +171,7 @@ class AuxiliaryViews:
             graph = span_graph(self.gm, self.node(start), self.node(end))
             doc = f"The model after `{self.name(start)}` up to `{self.name(end)}`: {use}."
             self.units[(start, end)] = module_source(
-                name, doc, {"train": graph}, self.analysis.target, self.imports, self.batch
+                name, doc, {"train": graph}, self.analysis.target, self.imports, self.shapes
             )
         return self.units[(start, end)].name
 

@@ -16,8 +16,9 @@ import yaml
 
 from splitter.codegen.auxiliaries import AUX_CLASSES, AuxiliaryViews, aux_config
 from splitter.codegen.modelsource import ModelSource
-from splitter.codegen.source import Imports, ModuleSource, module_source
+from splitter.codegen.source import Imports, ModuleSource, ShapeText, batch_shapes, module_source
 from splitter.errors import CompileError
+from splitter.frontend.trace import MODES
 from splitter.partitioning.plan import Plan
 from splitter.runtime import FILES as RUNTIME_FILES
 from splitter.runtime import FOLDER as RUNTIME
@@ -121,7 +122,14 @@ class Viewer:
         self.gm = self.analysis.traced.graph("train")
         self.batch = self.analysis.model.batch_size
         self.imports = Imports(source.renamed, {"import torch", "from torch import nn"})
-        self.aux = AuxiliaryViews(plan, self.imports, self.batch)
+        traced, model_input = self.analysis.traced, self.analysis.target_input
+        other = {str(m): batch_shapes(traced.graph(m), model_input, self.batch) for m in MODES}
+        annotated = {
+            n.name: getattr(n.meta.get("splitter"), "shape", None) for n in self.gm.graph.nodes
+        }
+        train = {name: shape for name, shape in annotated.items() if shape is not None}
+        self.shapes = ShapeText(self.batch, other, train)
+        self.aux = AuxiliaryViews(plan, self.imports, self.batch, self.shapes)
 
     # ---------------------------------------------------------------- blocks.py
 
@@ -153,7 +161,7 @@ class Viewer:
         shapes = f"{self.aux.shape_text(bounds[k])} -> {self.aux.shape_text(bounds[k + 1])}"
         doc = f"Block {k}: after `{block.start}` up to `{block.end}`, {shapes}."
         return module_source(
-            f"Block{k}", doc, graphs, self.analysis.target, self.imports, self.batch
+            f"Block{k}", doc, graphs, self.analysis.target, self.imports, self.shapes
         )
 
     def _local_imports(self) -> set[str]:

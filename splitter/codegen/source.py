@@ -1,22 +1,26 @@
-"""Python source of emitted modules from their fx graphs: one statement per node, shapes noted."""
+"""Python source of emitted modules from their fx graphs, reading like the model's own code."""
 
 from __future__ import annotations
 
-import re
+import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from types import ModuleType
+from dataclasses import dataclass, field
 
 import torch
 import torch.fx as fx
 from torch import nn
-from torch.fx.graph import _custom_builtins
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.nn.utils.stateless import _reparametrize_module
 
+from splitter.codegen.callables import Imports
+from splitter.codegen.folding import folded
+from splitter.codegen.render import Access, method
 from splitter.errors import CodegenError
+from splitter.frontend.modelref import InputSpec
 from splitter.frontend.trace import graph_targets
+from splitter.transform.surgery import ORIGIN_KEY
 
-_STATEMENT = re.compile(r"^(\s*)(\w+) = (.*)$")
-_FIRST_LINE = re.compile(r"^def forward\((.*)\):$")
+__all__ = ["Imports", "ModuleSource", "ShapeText", "batch_shapes", "module_source", "owned"]
 
 
 @dataclass(frozen=True)
@@ -31,37 +35,63 @@ class ModuleSource:
     """`__init__` lines that rebuild tensor constants fx recorded while tracing."""
 
 
-@dataclass
-class Imports:
-    """The import lines the emitted code needs, and where the user's own modules now live."""
+@dataclass(frozen=True)
+class ShapeText:
+    """Shape comments: `batch` is the traced batch size; `other` the shape of each node at
+    another batch size (by mode and node name), which shows where the batch axis went."""
 
-    renamed: Mapping[str, str]  # module name at compile time -> name in the package
-    lines: set[str]
+    batch: int
+    other: Mapping[str, Mapping[str, tuple[int, ...]]] = field(default_factory=dict)
+    train: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    """Shapes by node name in the train graph, for eval graphs (which are not annotated)."""
 
-    def need(self, name: str, obj: object) -> None:
-        """Import `obj` under `name`, as the generated code calls it."""
-        builtin = _custom_builtins.get(name)
-        if getattr(obj, "__module__", None) == "builtins" and name == obj.__qualname__:  # type: ignore[attr-defined]
-            return  # getattr, len: always there
-        if builtin is not None:
-            self.lines.add(builtin.import_str)
-        elif isinstance(obj, ModuleType):
-            module = self.renamed.get(obj.__name__, obj.__name__)
-            self.lines.add(f"import {module}" + ("" if module == name else f" as {name}"))
+    def of(self, node: fx.Node, mode: str) -> str | None:
+        name = str(node.meta.get(ORIGIN_KEY, node.name))
+        shape = getattr(node.meta.get("splitter"), "shape", None) or self.train.get(name)
+        if shape is None:
+            return None
+        other = self.other.get(mode, {}).get(name)
+        if other is None or len(other) != len(shape):
+            dims = ["B" if i == 0 and d == self.batch else str(d) for i, d in enumerate(shape)]
         else:
-            self.lines.add(self._from(name, obj))
+            dims = [self._dim(d, e) for d, e in zip(shape, other, strict=True)]
+        return f"({', '.join(dims)})" if dims else "scalar"
 
-    def _from(self, name: str, obj: object) -> str:
-        module = getattr(obj, "__module__", None)
-        qualname = getattr(obj, "__qualname__", None)
-        if not module or not qualname or "<" in qualname or "." in qualname:
-            raise CodegenError(
-                f"the traced graph calls `{name}` ({obj!r}), which the emitted code cannot "
-                "import; make it a module-level function, or a `--leaf` module"
-            )
-        module = self.renamed.get(module, module)
-        suffix = "" if qualname == name else f" as {name}"
-        return f"from {module} import {qualname}{suffix}"
+    def _dim(self, size: int, other: int) -> str:
+        if size == other or size % self.batch:
+            return str(size)
+        per = size // self.batch
+        if other != per * (self.batch + 1):
+            return str(size)
+        return "B" if per == 1 else f"B*{per}"
+
+
+def batch_shapes(gm: fx.GraphModule, inputs: InputSpec, batch: int) -> dict[str, tuple[int, ...]]:
+    """Every tensor node's shape at batch size `batch + 1`, on fake tensors ({} when the
+    graph cannot run on them)."""
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    state = {**dict(gm.named_parameters()), **dict(gm.named_buffers())}
+    fake: dict[str, torch.Tensor] = {name: mode.from_tensor(t) for name, t in state.items()}
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    class Recorder(fx.Interpreter):
+        def run_node(self, n: fx.Node) -> object:
+            out = super().run_node(n)
+            if isinstance(out, torch.Tensor):
+                shapes[n.name] = tuple(int(d) for d in out.shape)
+            return out
+
+    logger = logging.getLogger("torch._subclasses.fake_tensor")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        with mode, _reparametrize_module(gm, fake), torch.no_grad():
+            Recorder(gm).run(torch.empty((batch + 1, *inputs.shape), dtype=inputs.dtype))
+    except Exception:
+        return {}
+    finally:
+        logger.setLevel(level)
+    return shapes
 
 
 def module_source(
@@ -70,30 +100,44 @@ def module_source(
     graphs: Mapping[str, fx.Graph],
     model: nn.Module,
     imports: Imports,
-    batch: int,
+    shapes: ShapeText,
 ) -> ModuleSource:
     """An emitted class running `graphs` ("train" and, when it differs, "eval"), built from
-    the model in its `__init__`."""
-    codes = {mode: _method(graph, imports, batch) for mode, graph in graphs.items()}
+    the model in its `__init__`: submodules called whole where a block holds their whole
+    call, one `forward` where both modes read the same."""
+    graphs = {mode: folded(graph, model) for mode, graph in graphs.items()}
     found = [t for graph in graphs.values() for t in graph_targets(graph)]
     targets = [t for t in found if not _is_constant(model, t)]
     constants = tuple(_constant(model, t) for t in dict.fromkeys(found) if _is_constant(model, t))
-    train = codes["train"]
-    if _plain(codes.get("eval", train)) == _plain(train):
-        methods = _rename(train, "forward")
+    holds = owned(model, targets)
+    access = Access(model, holds)
+
+    def code(mode: str, method_name: str, noted: bool = True) -> str:
+        def comment(node: fx.Node) -> str | None:
+            return shapes.of(node, mode) if noted else None
+
+        return method(graphs[mode], method_name, access, imports, comment)
+
+    same = "eval" not in graphs or code("train", "f", False) == code("eval", "f", False)
+    if same:
+        methods = code("train", "forward")
     else:
-        params = _FIRST_LINE.match(train.splitlines()[0])
-        args = params.group(1).removeprefix("self").strip(", ") if params else "x"
-        call = ", ".join(a.split("=")[0].strip() for a in args.split(",") if a.strip())
+        train = code("train", "forward_train")
+        head = train.splitlines()[0].replace("def forward_train(", "def forward(", 1)
+        params = [p.split(":")[0].split("=")[0].strip() for p in _parameters(head)[1:]]
+        call = ", ".join(params)
         dispatch = (
-            f"def forward(self, {args}):\n"
+            f"{head}\n"
             f"    if self.training:\n        return self.forward_train({call})\n"
             f"    return self.forward_eval({call})\n"
         )
-        methods = "\n".join(
-            [dispatch, _rename(train, "forward_train"), _rename(codes["eval"], "forward_eval")]
-        )
-    return ModuleSource(name, doc, owned(model, targets), methods, constants)
+        methods = "\n".join([dispatch, train, code("eval", "forward_eval")])
+    return ModuleSource(name, doc, holds, methods, constants)
+
+
+def _parameters(head: str) -> list[str]:
+    inside = head[head.index("(") + 1 : head.rindex(")")]
+    return [p.strip() for p in inside.split(", ") if p.strip()]
 
 
 def _is_constant(model: nn.Module, target: str) -> bool:
@@ -132,50 +176,6 @@ def _constant(model: nn.Module, target: str) -> str:
 
 def _register(name: str, expression: str) -> str:
     return f'self.register_buffer("{name}", {expression}, persistent=False)'
-
-
-def _plain(code: str) -> str:
-    return re.sub(r"  # .*$", "", code, flags=re.MULTILINE)
-
-
-def _rename(code: str, method: str) -> str:
-    return re.sub(r"^def forward\(", f"def {method}(", code, count=1)
-
-
-def _method(graph: fx.Graph, imports: Imports, batch: int) -> str:
-    """The forward of `graph`: fx's code with each node's shape as a comment and the freeing
-    of dead values on a line of its own."""
-    for node in graph.nodes:
-        node.type = None  # annotations in the user's file may be strings fx cannot import
-    python = graph.python_code(root_module="self")
-    lines = python.src.strip("\n").splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("def forward("))
-    body = "\n".join(lines[start:])
-    for global_name, obj in python.globals.items():
-        if re.search(rf"\b{re.escape(global_name)}\b", body):
-            imports.need(global_name, obj)
-    shapes = {n.name: _shape(n, batch) for n in graph.nodes}
-    return "\n".join(_annotated(line, shapes) for line in lines[start:] if line.strip()) + "\n"
-
-
-def _annotated(line: str, shapes: Mapping[str, str | None]) -> str:
-    statement, _, deletes = line.partition(";  ")
-    match = _STATEMENT.match(statement)
-    shape = shapes.get(match.group(2)) if match else None
-    out = f"{statement}  # {shape}" if shape else statement
-    if deletes:
-        indent = match.group(1) if match else "    "
-        out += f"\n{indent}{deletes}"
-    return out
-
-
-def _shape(node: fx.Node, batch: int) -> str | None:
-    cost = node.meta.get("splitter")
-    shape = getattr(cost, "shape", None) if cost is not None else None
-    if shape is None:
-        return None
-    dims = ["B" if i == 0 and d == batch else str(d) for i, d in enumerate(shape)]
-    return f"({', '.join(dims)})" if dims else "scalar"
 
 
 def owned(model: nn.Module, targets: Iterable[str]) -> tuple[str, ...]:

@@ -19,6 +19,8 @@ from splitter.errors import TraceError, UsageError
 Mode = Literal["train", "eval"]
 MODES: tuple[Mode, ...] = ("train", "eval")
 MAX_ATTEMPTS = 64
+CALLS_KEY = "splitter_calls"
+"""Node meta: the `ModuleCall`s (innermost first) whose forward made the node."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,26 @@ class TracedModel:
         return fqn in self.leaf_fqns
 
 
+@dataclass(frozen=True)
+class Value:
+    """A graph value in a recorded call's arguments: the node that computed it, by name."""
+
+    name: str
+
+
+@dataclass(frozen=True, eq=False)
+class ModuleCall:
+    """One call of a submodule that tracing went through (not a leaf): its path, the
+    arguments it got (graph values as `Value`s), the node it returned (None when it returned
+    something else than one graph value) and the names of every node its forward made."""
+
+    path: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    output: str | None
+    nodes: frozenset[str]
+
+
 class SplitterTracer(fx.Tracer):
     """An fx tracer with user and automatic leaves that remembers where tracing failed."""
 
@@ -61,6 +83,12 @@ class SplitterTracer(fx.Tracer):
         self.leaf_types = leaf_types
         self.leaf_hits: set[str] = set()
         self.failed_in: str | None = None
+        self.created: list[fx.Node] = []
+
+    def create_node(self, *args: Any, **kwargs: Any) -> fx.Node:
+        node = super().create_node(*args, **kwargs)
+        self.created.append(node)
+        return node
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if module_qualified_name in self.leaf_fqns or isinstance(m, self.leaf_types):
@@ -75,12 +103,40 @@ class SplitterTracer(fx.Tracer):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:
+        start = len(self.created)
         try:
-            return super().call_module(m, forward, args, kwargs)
+            out = super().call_module(m, forward, args, kwargs)
         except Exception:
             if self.failed_in is None:
                 self.failed_in = self.path_of_module(m)
             raise
+        made = self.created[start:]
+        if not (len(made) == 1 and made[0].op == "call_module"):  # a leaf: one node already
+            self._record(m, args, kwargs, out, made)
+        return out
+
+    def _record(self, m: nn.Module, args: Any, kwargs: Any, out: Any, made: list[fx.Node]) -> None:
+        """Note on every node the call made that it did (emission calls such modules whole)."""
+        try:
+            path = self.path_of_module(m)
+        except NameError:
+            return  # a module outside the traced hierarchy
+        call = ModuleCall(
+            path,
+            _values(tuple(args)),
+            _values(dict(kwargs)),
+            out.node.name if isinstance(out, fx.Proxy) else None,
+            frozenset(n.name for n in made),
+        )
+        for node in made:
+            node.meta.setdefault(CALLS_KEY, []).append(call)
+
+
+def _values(arguments: Any) -> Any:
+    """`arguments` with each graph value (a Proxy) replaced by its `Value`."""
+    return fx.node.map_aggregate(
+        arguments, lambda a: Value(a.node.name) if isinstance(a, fx.Proxy) else a
+    )
 
 
 def trace(

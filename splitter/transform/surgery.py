@@ -16,6 +16,8 @@ from splitter.analysis.cuts import CutPoint, data_graph
 from splitter.errors import SurgeryError
 from splitter.frontend.trace import MODES, Mode, TracedModel, graph_targets
 
+ORIGIN_KEY = "splitter_origin"
+"""Node meta of a block's input: the name of the model's node whose value it is."""
 SharedPolicy = Literal["error", "replicate", "owner", "sync"]
 
 
@@ -139,6 +141,7 @@ def _block_graph(
     env: dict[fx.Node, fx.Node] = {}
     if lo >= 0:
         env[nodes[lo]] = graph.placeholder("x")
+        env[nodes[lo]].meta = {**nodes[lo].meta, ORIGIN_KEY: nodes[lo].name}
 
     def lookup(arg: fx.Node) -> fx.Node:
         if arg not in env:

@@ -5,7 +5,8 @@
 
 Each block owns the modules of the model it runs, under their names in the model, so its
 state_dict keys are the model's own and its weights are the model's very tensors. The code is
-the model's torch.fx graph, one statement per node, with the shape of each value (B: batch).
+the model's forward as torch.fx traced it: a submodule whose whole call is in the block is
+called whole, and each value is noted with its shape (B: the batch).
 """
 
 from __future__ import annotations
@@ -16,16 +17,24 @@ from torch import nn
 from auxiliary import Classifier, ConvHead, Momentum
 
 
+class Part(nn.Module):
+    """Some of the model's modules, under their names in the model: `part.layer1[0]` is the
+    model's `layer1[0]` even when the part holds only some of `layer1`."""
+
+    def __getitem__(self, key: int | str) -> nn.Module | torch.Tensor:
+        return getattr(self, str(key))
+
+
 def adopt(owner: nn.Module, model: nn.Module, names: list[str]) -> None:
     """Give `owner` the very module, parameter or buffer at each dotted name of `model`, under
-    the same name (with empty modules holding the path)."""
+    the same name (with `Part`s holding the path)."""
     for name in names:
         *path, leaf = name.split(".")
         source, target = model, owner
         for part in path:
             source = getattr(source, part)
             if part not in target._modules:
-                target.add_module(part, nn.Module())
+                target.add_module(part, Part())
             target = target._modules[part]
         value = getattr(source, leaf)
         if isinstance(value, nn.Module):
@@ -39,271 +48,69 @@ def adopt(owner: nn.Module, model: nn.Module, names: list[str]) -> None:
             setattr(target, leaf, value)
 
 
-class Block0(nn.Module):
+class Block0(Part):
     """Block 0: after `input` up to `layer1.2`, (B, 3, 32, 32) -> (B, 16, 32, 32)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         adopt(self, model, ["bn1", "conv1", "layer1.0", "layer1.1", "layer1.2", "relu"])
 
-    def forward(self, x):
-        conv1 = self.conv1(x)  # (B, 16, 32, 32)
-        x = None
-        bn1 = self.bn1(conv1)  # (B, 16, 32, 32)
-        conv1 = None
-        relu = self.relu(bn1)  # (B, 16, 32, 32)
-        bn1 = None
-        layer1_0_conv1 = getattr(self.layer1, "0").conv1(relu)  # (B, 16, 32, 32)
-        layer1_0_bn1 = getattr(self.layer1, "0").bn1(layer1_0_conv1)  # (B, 16, 32, 32)
-        layer1_0_conv1 = None
-        layer1_0_relu = getattr(self.layer1, "0").relu(layer1_0_bn1)  # (B, 16, 32, 32)
-        layer1_0_bn1 = None
-        layer1_0_conv2 = getattr(self.layer1, "0").conv2(layer1_0_relu)  # (B, 16, 32, 32)
-        layer1_0_relu = None
-        layer1_0_bn2 = getattr(self.layer1, "0").bn2(layer1_0_conv2)  # (B, 16, 32, 32)
-        layer1_0_conv2 = None
-        add = layer1_0_bn2 + relu  # (B, 16, 32, 32)
-        layer1_0_bn2 = relu = None
-        layer1_0_relu_1 = getattr(self.layer1, "0").relu(add)  # (B, 16, 32, 32)
-        add = None
-        layer1_1_conv1 = getattr(self.layer1, "1").conv1(layer1_0_relu_1)  # (B, 16, 32, 32)
-        layer1_1_bn1 = getattr(self.layer1, "1").bn1(layer1_1_conv1)  # (B, 16, 32, 32)
-        layer1_1_conv1 = None
-        layer1_1_relu = getattr(self.layer1, "1").relu(layer1_1_bn1)  # (B, 16, 32, 32)
-        layer1_1_bn1 = None
-        layer1_1_conv2 = getattr(self.layer1, "1").conv2(layer1_1_relu)  # (B, 16, 32, 32)
-        layer1_1_relu = None
-        layer1_1_bn2 = getattr(self.layer1, "1").bn2(layer1_1_conv2)  # (B, 16, 32, 32)
-        layer1_1_conv2 = None
-        add_1 = layer1_1_bn2 + layer1_0_relu_1  # (B, 16, 32, 32)
-        layer1_1_bn2 = layer1_0_relu_1 = None
-        layer1_1_relu_1 = getattr(self.layer1, "1").relu(add_1)  # (B, 16, 32, 32)
-        add_1 = None
-        layer1_2_conv1 = getattr(self.layer1, "2").conv1(layer1_1_relu_1)  # (B, 16, 32, 32)
-        layer1_2_bn1 = getattr(self.layer1, "2").bn1(layer1_2_conv1)  # (B, 16, 32, 32)
-        layer1_2_conv1 = None
-        layer1_2_relu = getattr(self.layer1, "2").relu(layer1_2_bn1)  # (B, 16, 32, 32)
-        layer1_2_bn1 = None
-        layer1_2_conv2 = getattr(self.layer1, "2").conv2(layer1_2_relu)  # (B, 16, 32, 32)
-        layer1_2_relu = None
-        layer1_2_bn2 = getattr(self.layer1, "2").bn2(layer1_2_conv2)  # (B, 16, 32, 32)
-        layer1_2_conv2 = None
-        add_2 = layer1_2_bn2 + layer1_1_relu_1  # (B, 16, 32, 32)
-        layer1_2_bn2 = layer1_1_relu_1 = None
-        layer1_2_relu_1 = getattr(self.layer1, "2").relu(add_2)  # (B, 16, 32, 32)
-        add_2 = None
-        return layer1_2_relu_1
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv1(x)  # (B, 16, 32, 32)
+        x = self.bn1(x)  # (B, 16, 32, 32)
+        x = self.relu(x)  # (B, 16, 32, 32)
+        x = self.layer1[0](x)  # (B, 16, 32, 32)
+        x = self.layer1[1](x)  # (B, 16, 32, 32)
+        x = self.layer1[2](x)  # (B, 16, 32, 32)
+        return x
 
 
-class Block1(nn.Module):
+class Block1(Part):
     """Block 1: after `layer1.2` up to `layer2.1`, (B, 16, 32, 32) -> (B, 32, 16, 16)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         adopt(self, model, ["layer1.3", "layer1.4", "layer2.0", "layer2.1"])
 
-    def forward(self, x):
-        layer1_3_conv1 = getattr(self.layer1, "3").conv1(x)  # (B, 16, 32, 32)
-        layer1_3_bn1 = getattr(self.layer1, "3").bn1(layer1_3_conv1)  # (B, 16, 32, 32)
-        layer1_3_conv1 = None
-        layer1_3_relu = getattr(self.layer1, "3").relu(layer1_3_bn1)  # (B, 16, 32, 32)
-        layer1_3_bn1 = None
-        layer1_3_conv2 = getattr(self.layer1, "3").conv2(layer1_3_relu)  # (B, 16, 32, 32)
-        layer1_3_relu = None
-        layer1_3_bn2 = getattr(self.layer1, "3").bn2(layer1_3_conv2)  # (B, 16, 32, 32)
-        layer1_3_conv2 = None
-        add_3 = layer1_3_bn2 + x  # (B, 16, 32, 32)
-        layer1_3_bn2 = x = None
-        layer1_3_relu_1 = getattr(self.layer1, "3").relu(add_3)  # (B, 16, 32, 32)
-        add_3 = None
-        layer1_4_conv1 = getattr(self.layer1, "4").conv1(layer1_3_relu_1)  # (B, 16, 32, 32)
-        layer1_4_bn1 = getattr(self.layer1, "4").bn1(layer1_4_conv1)  # (B, 16, 32, 32)
-        layer1_4_conv1 = None
-        layer1_4_relu = getattr(self.layer1, "4").relu(layer1_4_bn1)  # (B, 16, 32, 32)
-        layer1_4_bn1 = None
-        layer1_4_conv2 = getattr(self.layer1, "4").conv2(layer1_4_relu)  # (B, 16, 32, 32)
-        layer1_4_relu = None
-        layer1_4_bn2 = getattr(self.layer1, "4").bn2(layer1_4_conv2)  # (B, 16, 32, 32)
-        layer1_4_conv2 = None
-        add_4 = layer1_4_bn2 + layer1_3_relu_1  # (B, 16, 32, 32)
-        layer1_4_bn2 = layer1_3_relu_1 = None
-        layer1_4_relu_1 = getattr(self.layer1, "4").relu(add_4)  # (B, 16, 32, 32)
-        add_4 = None
-        layer2_0_conv1 = getattr(self.layer2, "0").conv1(layer1_4_relu_1)  # (B, 32, 16, 16)
-        layer2_0_bn1 = getattr(self.layer2, "0").bn1(layer2_0_conv1)  # (B, 32, 16, 16)
-        layer2_0_conv1 = None
-        layer2_0_relu = getattr(self.layer2, "0").relu(layer2_0_bn1)  # (B, 32, 16, 16)
-        layer2_0_bn1 = None
-        layer2_0_conv2 = getattr(self.layer2, "0").conv2(layer2_0_relu)  # (B, 32, 16, 16)
-        layer2_0_relu = None
-        layer2_0_bn2 = getattr(self.layer2, "0").bn2(layer2_0_conv2)  # (B, 32, 16, 16)
-        layer2_0_conv2 = None
-        layer2_0_shortcut_0 = getattr(getattr(self.layer2, "0").shortcut, "0")(
-            layer1_4_relu_1
-        )  # (B, 32, 16, 16)
-        layer1_4_relu_1 = None
-        layer2_0_shortcut_1 = getattr(getattr(self.layer2, "0").shortcut, "1")(
-            layer2_0_shortcut_0
-        )  # (B, 32, 16, 16)
-        layer2_0_shortcut_0 = None
-        add_5 = layer2_0_bn2 + layer2_0_shortcut_1  # (B, 32, 16, 16)
-        layer2_0_bn2 = layer2_0_shortcut_1 = None
-        layer2_0_relu_1 = getattr(self.layer2, "0").relu(add_5)  # (B, 32, 16, 16)
-        add_5 = None
-        layer2_1_conv1 = getattr(self.layer2, "1").conv1(layer2_0_relu_1)  # (B, 32, 16, 16)
-        layer2_1_bn1 = getattr(self.layer2, "1").bn1(layer2_1_conv1)  # (B, 32, 16, 16)
-        layer2_1_conv1 = None
-        layer2_1_relu = getattr(self.layer2, "1").relu(layer2_1_bn1)  # (B, 32, 16, 16)
-        layer2_1_bn1 = None
-        layer2_1_conv2 = getattr(self.layer2, "1").conv2(layer2_1_relu)  # (B, 32, 16, 16)
-        layer2_1_relu = None
-        layer2_1_bn2 = getattr(self.layer2, "1").bn2(layer2_1_conv2)  # (B, 32, 16, 16)
-        layer2_1_conv2 = None
-        add_6 = layer2_1_bn2 + layer2_0_relu_1  # (B, 32, 16, 16)
-        layer2_1_bn2 = layer2_0_relu_1 = None
-        layer2_1_relu_1 = getattr(self.layer2, "1").relu(add_6)  # (B, 32, 16, 16)
-        add_6 = None
-        return layer2_1_relu_1
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer1[3](x)  # (B, 16, 32, 32)
+        x = self.layer1[4](x)  # (B, 16, 32, 32)
+        x = self.layer2[0](x)  # (B, 32, 16, 16)
+        x = self.layer2[1](x)  # (B, 32, 16, 16)
+        return x
 
 
-class Block2(nn.Module):
+class Block2(Part):
     """Block 2: after `layer2.1` up to `layer3.0`, (B, 32, 16, 16) -> (B, 64, 8, 8)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         adopt(self, model, ["layer2.2", "layer2.3", "layer2.4", "layer3.0"])
 
-    def forward(self, x):
-        layer2_2_conv1 = getattr(self.layer2, "2").conv1(x)  # (B, 32, 16, 16)
-        layer2_2_bn1 = getattr(self.layer2, "2").bn1(layer2_2_conv1)  # (B, 32, 16, 16)
-        layer2_2_conv1 = None
-        layer2_2_relu = getattr(self.layer2, "2").relu(layer2_2_bn1)  # (B, 32, 16, 16)
-        layer2_2_bn1 = None
-        layer2_2_conv2 = getattr(self.layer2, "2").conv2(layer2_2_relu)  # (B, 32, 16, 16)
-        layer2_2_relu = None
-        layer2_2_bn2 = getattr(self.layer2, "2").bn2(layer2_2_conv2)  # (B, 32, 16, 16)
-        layer2_2_conv2 = None
-        add_7 = layer2_2_bn2 + x  # (B, 32, 16, 16)
-        layer2_2_bn2 = x = None
-        layer2_2_relu_1 = getattr(self.layer2, "2").relu(add_7)  # (B, 32, 16, 16)
-        add_7 = None
-        layer2_3_conv1 = getattr(self.layer2, "3").conv1(layer2_2_relu_1)  # (B, 32, 16, 16)
-        layer2_3_bn1 = getattr(self.layer2, "3").bn1(layer2_3_conv1)  # (B, 32, 16, 16)
-        layer2_3_conv1 = None
-        layer2_3_relu = getattr(self.layer2, "3").relu(layer2_3_bn1)  # (B, 32, 16, 16)
-        layer2_3_bn1 = None
-        layer2_3_conv2 = getattr(self.layer2, "3").conv2(layer2_3_relu)  # (B, 32, 16, 16)
-        layer2_3_relu = None
-        layer2_3_bn2 = getattr(self.layer2, "3").bn2(layer2_3_conv2)  # (B, 32, 16, 16)
-        layer2_3_conv2 = None
-        add_8 = layer2_3_bn2 + layer2_2_relu_1  # (B, 32, 16, 16)
-        layer2_3_bn2 = layer2_2_relu_1 = None
-        layer2_3_relu_1 = getattr(self.layer2, "3").relu(add_8)  # (B, 32, 16, 16)
-        add_8 = None
-        layer2_4_conv1 = getattr(self.layer2, "4").conv1(layer2_3_relu_1)  # (B, 32, 16, 16)
-        layer2_4_bn1 = getattr(self.layer2, "4").bn1(layer2_4_conv1)  # (B, 32, 16, 16)
-        layer2_4_conv1 = None
-        layer2_4_relu = getattr(self.layer2, "4").relu(layer2_4_bn1)  # (B, 32, 16, 16)
-        layer2_4_bn1 = None
-        layer2_4_conv2 = getattr(self.layer2, "4").conv2(layer2_4_relu)  # (B, 32, 16, 16)
-        layer2_4_relu = None
-        layer2_4_bn2 = getattr(self.layer2, "4").bn2(layer2_4_conv2)  # (B, 32, 16, 16)
-        layer2_4_conv2 = None
-        add_9 = layer2_4_bn2 + layer2_3_relu_1  # (B, 32, 16, 16)
-        layer2_4_bn2 = layer2_3_relu_1 = None
-        layer2_4_relu_1 = getattr(self.layer2, "4").relu(add_9)  # (B, 32, 16, 16)
-        add_9 = None
-        layer3_0_conv1 = getattr(self.layer3, "0").conv1(layer2_4_relu_1)  # (B, 64, 8, 8)
-        layer3_0_bn1 = getattr(self.layer3, "0").bn1(layer3_0_conv1)  # (B, 64, 8, 8)
-        layer3_0_conv1 = None
-        layer3_0_relu = getattr(self.layer3, "0").relu(layer3_0_bn1)  # (B, 64, 8, 8)
-        layer3_0_bn1 = None
-        layer3_0_conv2 = getattr(self.layer3, "0").conv2(layer3_0_relu)  # (B, 64, 8, 8)
-        layer3_0_relu = None
-        layer3_0_bn2 = getattr(self.layer3, "0").bn2(layer3_0_conv2)  # (B, 64, 8, 8)
-        layer3_0_conv2 = None
-        layer3_0_shortcut_0 = getattr(getattr(self.layer3, "0").shortcut, "0")(
-            layer2_4_relu_1
-        )  # (B, 64, 8, 8)
-        layer2_4_relu_1 = None
-        layer3_0_shortcut_1 = getattr(getattr(self.layer3, "0").shortcut, "1")(
-            layer3_0_shortcut_0
-        )  # (B, 64, 8, 8)
-        layer3_0_shortcut_0 = None
-        add_10 = layer3_0_bn2 + layer3_0_shortcut_1  # (B, 64, 8, 8)
-        layer3_0_bn2 = layer3_0_shortcut_1 = None
-        layer3_0_relu_1 = getattr(self.layer3, "0").relu(add_10)  # (B, 64, 8, 8)
-        add_10 = None
-        return layer3_0_relu_1
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer2[2](x)  # (B, 32, 16, 16)
+        x = self.layer2[3](x)  # (B, 32, 16, 16)
+        x = self.layer2[4](x)  # (B, 32, 16, 16)
+        x = self.layer3[0](x)  # (B, 64, 8, 8)
+        return x
 
 
-class Block3(nn.Module):
+class Block3(Part):
     """Block 3: after `layer3.0` up to `output`, (B, 64, 8, 8) -> (B, 10)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         adopt(self, model, ["avgpool", "fc", "layer3.1", "layer3.2", "layer3.3", "layer3.4"])
 
-    def forward(self, x):
-        layer3_1_conv1 = getattr(self.layer3, "1").conv1(x)  # (B, 64, 8, 8)
-        layer3_1_bn1 = getattr(self.layer3, "1").bn1(layer3_1_conv1)  # (B, 64, 8, 8)
-        layer3_1_conv1 = None
-        layer3_1_relu = getattr(self.layer3, "1").relu(layer3_1_bn1)  # (B, 64, 8, 8)
-        layer3_1_bn1 = None
-        layer3_1_conv2 = getattr(self.layer3, "1").conv2(layer3_1_relu)  # (B, 64, 8, 8)
-        layer3_1_relu = None
-        layer3_1_bn2 = getattr(self.layer3, "1").bn2(layer3_1_conv2)  # (B, 64, 8, 8)
-        layer3_1_conv2 = None
-        add_11 = layer3_1_bn2 + x  # (B, 64, 8, 8)
-        layer3_1_bn2 = x = None
-        layer3_1_relu_1 = getattr(self.layer3, "1").relu(add_11)  # (B, 64, 8, 8)
-        add_11 = None
-        layer3_2_conv1 = getattr(self.layer3, "2").conv1(layer3_1_relu_1)  # (B, 64, 8, 8)
-        layer3_2_bn1 = getattr(self.layer3, "2").bn1(layer3_2_conv1)  # (B, 64, 8, 8)
-        layer3_2_conv1 = None
-        layer3_2_relu = getattr(self.layer3, "2").relu(layer3_2_bn1)  # (B, 64, 8, 8)
-        layer3_2_bn1 = None
-        layer3_2_conv2 = getattr(self.layer3, "2").conv2(layer3_2_relu)  # (B, 64, 8, 8)
-        layer3_2_relu = None
-        layer3_2_bn2 = getattr(self.layer3, "2").bn2(layer3_2_conv2)  # (B, 64, 8, 8)
-        layer3_2_conv2 = None
-        add_12 = layer3_2_bn2 + layer3_1_relu_1  # (B, 64, 8, 8)
-        layer3_2_bn2 = layer3_1_relu_1 = None
-        layer3_2_relu_1 = getattr(self.layer3, "2").relu(add_12)  # (B, 64, 8, 8)
-        add_12 = None
-        layer3_3_conv1 = getattr(self.layer3, "3").conv1(layer3_2_relu_1)  # (B, 64, 8, 8)
-        layer3_3_bn1 = getattr(self.layer3, "3").bn1(layer3_3_conv1)  # (B, 64, 8, 8)
-        layer3_3_conv1 = None
-        layer3_3_relu = getattr(self.layer3, "3").relu(layer3_3_bn1)  # (B, 64, 8, 8)
-        layer3_3_bn1 = None
-        layer3_3_conv2 = getattr(self.layer3, "3").conv2(layer3_3_relu)  # (B, 64, 8, 8)
-        layer3_3_relu = None
-        layer3_3_bn2 = getattr(self.layer3, "3").bn2(layer3_3_conv2)  # (B, 64, 8, 8)
-        layer3_3_conv2 = None
-        add_13 = layer3_3_bn2 + layer3_2_relu_1  # (B, 64, 8, 8)
-        layer3_3_bn2 = layer3_2_relu_1 = None
-        layer3_3_relu_1 = getattr(self.layer3, "3").relu(add_13)  # (B, 64, 8, 8)
-        add_13 = None
-        layer3_4_conv1 = getattr(self.layer3, "4").conv1(layer3_3_relu_1)  # (B, 64, 8, 8)
-        layer3_4_bn1 = getattr(self.layer3, "4").bn1(layer3_4_conv1)  # (B, 64, 8, 8)
-        layer3_4_conv1 = None
-        layer3_4_relu = getattr(self.layer3, "4").relu(layer3_4_bn1)  # (B, 64, 8, 8)
-        layer3_4_bn1 = None
-        layer3_4_conv2 = getattr(self.layer3, "4").conv2(layer3_4_relu)  # (B, 64, 8, 8)
-        layer3_4_relu = None
-        layer3_4_bn2 = getattr(self.layer3, "4").bn2(layer3_4_conv2)  # (B, 64, 8, 8)
-        layer3_4_conv2 = None
-        add_14 = layer3_4_bn2 + layer3_3_relu_1  # (B, 64, 8, 8)
-        layer3_4_bn2 = layer3_3_relu_1 = None
-        layer3_4_relu_1 = getattr(self.layer3, "4").relu(add_14)  # (B, 64, 8, 8)
-        add_14 = None
-        avgpool = self.avgpool(layer3_4_relu_1)  # (B, 64, 1, 1)
-        layer3_4_relu_1 = None
-        flatten = torch.flatten(avgpool, 1)  # (B, 64)
-        avgpool = None
-        fc = self.fc(flatten)  # (B, 10)
-        flatten = None
-        return fc
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer3[1](x)  # (B, 64, 8, 8)
+        x = self.layer3[2](x)  # (B, 64, 8, 8)
+        x = self.layer3[3](x)  # (B, 64, 8, 8)
+        x = self.layer3[4](x)  # (B, 64, 8, 8)
+        x = self.avgpool(x)  # (B, 64, 1, 1)
+        x = torch.flatten(x, 1)  # (B, 64)
+        x = self.fc(x)  # (B, 10)
+        return x
 
 
 def build_blocks(model: nn.Module) -> nn.ModuleList:
@@ -311,76 +118,40 @@ def build_blocks(model: nn.Module) -> nn.ModuleList:
     return nn.ModuleList([Block0(model), Block1(model), Block2(model), Block3(model)])
 
 
-class Unit0(nn.Module):
+class Unit0(Part):
     """The model after `layer1.2` up to `layer1.3`: block 0's momentum auxiliary copies it."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         adopt(self, model, ["layer1.3"])
 
-    def forward(self, x):
-        layer1_3_conv1 = getattr(self.layer1, "3").conv1(x)  # (B, 16, 32, 32)
-        layer1_3_bn1 = getattr(self.layer1, "3").bn1(layer1_3_conv1)  # (B, 16, 32, 32)
-        layer1_3_conv1 = None
-        layer1_3_relu = getattr(self.layer1, "3").relu(layer1_3_bn1)  # (B, 16, 32, 32)
-        layer1_3_bn1 = None
-        layer1_3_conv2 = getattr(self.layer1, "3").conv2(layer1_3_relu)  # (B, 16, 32, 32)
-        layer1_3_relu = None
-        layer1_3_bn2 = getattr(self.layer1, "3").bn2(layer1_3_conv2)  # (B, 16, 32, 32)
-        layer1_3_conv2 = None
-        add_3 = layer1_3_bn2 + x  # (B, 16, 32, 32)
-        layer1_3_bn2 = x = None
-        layer1_3_relu_1 = getattr(self.layer1, "3").relu(add_3)  # (B, 16, 32, 32)
-        add_3 = None
-        return layer1_3_relu_1
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer1[3](x)  # (B, 16, 32, 32)
+        return x
 
 
-class Unit1(nn.Module):
+class Unit1(Part):
     """The model after `layer2.1` up to `layer2.2`: block 1's momentum auxiliary copies it."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         adopt(self, model, ["layer2.2"])
 
-    def forward(self, x):
-        layer2_2_conv1 = getattr(self.layer2, "2").conv1(x)  # (B, 32, 16, 16)
-        layer2_2_bn1 = getattr(self.layer2, "2").bn1(layer2_2_conv1)  # (B, 32, 16, 16)
-        layer2_2_conv1 = None
-        layer2_2_relu = getattr(self.layer2, "2").relu(layer2_2_bn1)  # (B, 32, 16, 16)
-        layer2_2_bn1 = None
-        layer2_2_conv2 = getattr(self.layer2, "2").conv2(layer2_2_relu)  # (B, 32, 16, 16)
-        layer2_2_relu = None
-        layer2_2_bn2 = getattr(self.layer2, "2").bn2(layer2_2_conv2)  # (B, 32, 16, 16)
-        layer2_2_conv2 = None
-        add_7 = layer2_2_bn2 + x  # (B, 32, 16, 16)
-        layer2_2_bn2 = x = None
-        layer2_2_relu_1 = getattr(self.layer2, "2").relu(add_7)  # (B, 32, 16, 16)
-        add_7 = None
-        return layer2_2_relu_1
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer2[2](x)  # (B, 32, 16, 16)
+        return x
 
 
-class Unit2(nn.Module):
+class Unit2(Part):
     """The model after `layer3.0` up to `layer3.1`: block 2's momentum auxiliary copies it."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         adopt(self, model, ["layer3.1"])
 
-    def forward(self, x):
-        layer3_1_conv1 = getattr(self.layer3, "1").conv1(x)  # (B, 64, 8, 8)
-        layer3_1_bn1 = getattr(self.layer3, "1").bn1(layer3_1_conv1)  # (B, 64, 8, 8)
-        layer3_1_conv1 = None
-        layer3_1_relu = getattr(self.layer3, "1").relu(layer3_1_bn1)  # (B, 64, 8, 8)
-        layer3_1_bn1 = None
-        layer3_1_conv2 = getattr(self.layer3, "1").conv2(layer3_1_relu)  # (B, 64, 8, 8)
-        layer3_1_relu = None
-        layer3_1_bn2 = getattr(self.layer3, "1").bn2(layer3_1_conv2)  # (B, 64, 8, 8)
-        layer3_1_conv2 = None
-        add_11 = layer3_1_bn2 + x  # (B, 64, 8, 8)
-        layer3_1_bn2 = x = None
-        layer3_1_relu_1 = getattr(self.layer3, "1").relu(add_11)  # (B, 64, 8, 8)
-        add_11 = None
-        return layer3_1_relu_1
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer3[1](x)  # (B, 64, 8, 8)
+        return x
 
 
 def build_auxiliaries(model: nn.Module, blocks: nn.ModuleList, num_classes: int) -> nn.ModuleList:

@@ -5,7 +5,8 @@
 
 Each block owns the modules of the model it runs, under their names in the model, so its
 state_dict keys are the model's own and its weights are the model's very tensors. The code is
-the model's torch.fx graph, one statement per node, with the shape of each value (B: batch).
+the model's forward as torch.fx traced it: a submodule whose whole call is in the block is
+called whole, and each value is noted with its shape (B: the batch).
 """
 
 from __future__ import annotations
@@ -16,16 +17,24 @@ from torch import nn
 from auxiliary import Classifier, ConvHead, LinearHead, Momentum
 
 
+class Part(nn.Module):
+    """Some of the model's modules, under their names in the model: `part.layer1[0]` is the
+    model's `layer1[0]` even when the part holds only some of `layer1`."""
+
+    def __getitem__(self, key: int | str) -> nn.Module | torch.Tensor:
+        return getattr(self, str(key))
+
+
 def adopt(owner: nn.Module, model: nn.Module, names: list[str]) -> None:
     """Give `owner` the very module, parameter or buffer at each dotted name of `model`, under
-    the same name (with empty modules holding the path)."""
+    the same name (with `Part`s holding the path)."""
     for name in names:
         *path, leaf = name.split(".")
         source, target = model, owner
         for part in path:
             source = getattr(source, part)
             if part not in target._modules:
-                target.add_module(part, nn.Module())
+                target.add_module(part, Part())
             target = target._modules[part]
         value = getattr(source, leaf)
         if isinstance(value, nn.Module):
@@ -39,313 +48,61 @@ def adopt(owner: nn.Module, model: nn.Module, names: list[str]) -> None:
             setattr(target, leaf, value)
 
 
-class Block0(nn.Module):
+class Block0(Part):
     """Block 0: after `input` up to `blocks.1`, (B, 3, 32, 32) -> (B, 64, 64)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         adopt(self, model, ["blocks.0", "blocks.1", "patch_embed", "pos_embed"])
 
-    def forward(self, x):
-        patch_embed = self.patch_embed(x)  # (B, 64, 8, 8)
-        x = None
-        flatten = patch_embed.flatten(2)  # (B, 64, 64)
-        patch_embed = None
-        transpose = flatten.transpose(1, 2)  # (B, 64, 64)
-        flatten = None
-        pos_embed = self.pos_embed  # (1, 64, 64)
-        add = transpose + pos_embed  # (B, 64, 64)
-        transpose = pos_embed = None
-        blocks_0_norm1 = getattr(self.blocks, "0").norm1(add)  # (B, 64, 64)
-        getattr_1 = blocks_0_norm1.shape
-        getitem = getattr_1[0]
-        getitem_1 = getattr_1[1]
-        getitem_2 = getattr_1[2]
-        getattr_1 = None
-        blocks_0_attn_qkv = getattr(self.blocks, "0").attn.qkv(blocks_0_norm1)  # (B, 64, 192)
-        blocks_0_norm1 = None
-        floordiv = getitem_2 // 4
-        reshape = blocks_0_attn_qkv.reshape(getitem, getitem_1, 3, 4, floordiv)  # (B, 64, 3, 4, 16)
-        blocks_0_attn_qkv = floordiv = None
-        permute = reshape.permute(2, 0, 3, 1, 4)  # (3, 32, 4, 64, 16)
-        reshape = None
-        unbind = permute.unbind(0)
-        permute = None
-        getitem_3 = unbind[0]  # (B, 4, 64, 16)
-        getitem_4 = unbind[1]  # (B, 4, 64, 16)
-        getitem_5 = unbind[2]  # (B, 4, 64, 16)
-        unbind = None
-        scaled_dot_product_attention = torch._C._nn.scaled_dot_product_attention(
-            getitem_3, getitem_4, getitem_5
-        )  # (B, 4, 64, 16)
-        getitem_3 = getitem_4 = getitem_5 = None
-        transpose_1 = scaled_dot_product_attention.transpose(1, 2)  # (B, 64, 4, 16)
-        scaled_dot_product_attention = None
-        reshape_1 = transpose_1.reshape(getitem, getitem_1, getitem_2)  # (B, 64, 64)
-        transpose_1 = getitem = getitem_1 = getitem_2 = None
-        blocks_0_attn_proj = getattr(self.blocks, "0").attn.proj(reshape_1)  # (B, 64, 64)
-        reshape_1 = None
-        add_1 = add + blocks_0_attn_proj  # (B, 64, 64)
-        add = blocks_0_attn_proj = None
-        blocks_0_norm2 = getattr(self.blocks, "0").norm2(add_1)  # (B, 64, 64)
-        blocks_0_mlp_0 = getattr(getattr(self.blocks, "0").mlp, "0")(blocks_0_norm2)  # (B, 64, 128)
-        blocks_0_norm2 = None
-        blocks_0_mlp_1 = getattr(getattr(self.blocks, "0").mlp, "1")(blocks_0_mlp_0)  # (B, 64, 128)
-        blocks_0_mlp_0 = None
-        blocks_0_mlp_2 = getattr(getattr(self.blocks, "0").mlp, "2")(blocks_0_mlp_1)  # (B, 64, 64)
-        blocks_0_mlp_1 = None
-        add_2 = add_1 + blocks_0_mlp_2  # (B, 64, 64)
-        add_1 = blocks_0_mlp_2 = None
-        blocks_1_norm1 = getattr(self.blocks, "1").norm1(add_2)  # (B, 64, 64)
-        getattr_2 = blocks_1_norm1.shape
-        getitem_6 = getattr_2[0]
-        getitem_7 = getattr_2[1]
-        getitem_8 = getattr_2[2]
-        getattr_2 = None
-        blocks_1_attn_qkv = getattr(self.blocks, "1").attn.qkv(blocks_1_norm1)  # (B, 64, 192)
-        blocks_1_norm1 = None
-        floordiv_1 = getitem_8 // 4
-        reshape_2 = blocks_1_attn_qkv.reshape(
-            getitem_6, getitem_7, 3, 4, floordiv_1
-        )  # (B, 64, 3, 4, 16)
-        blocks_1_attn_qkv = floordiv_1 = None
-        permute_1 = reshape_2.permute(2, 0, 3, 1, 4)  # (3, 32, 4, 64, 16)
-        reshape_2 = None
-        unbind_1 = permute_1.unbind(0)
-        permute_1 = None
-        getitem_9 = unbind_1[0]  # (B, 4, 64, 16)
-        getitem_10 = unbind_1[1]  # (B, 4, 64, 16)
-        getitem_11 = unbind_1[2]  # (B, 4, 64, 16)
-        unbind_1 = None
-        scaled_dot_product_attention_1 = torch._C._nn.scaled_dot_product_attention(
-            getitem_9, getitem_10, getitem_11
-        )  # (B, 4, 64, 16)
-        getitem_9 = getitem_10 = getitem_11 = None
-        transpose_2 = scaled_dot_product_attention_1.transpose(1, 2)  # (B, 64, 4, 16)
-        scaled_dot_product_attention_1 = None
-        reshape_3 = transpose_2.reshape(getitem_6, getitem_7, getitem_8)  # (B, 64, 64)
-        transpose_2 = getitem_6 = getitem_7 = getitem_8 = None
-        blocks_1_attn_proj = getattr(self.blocks, "1").attn.proj(reshape_3)  # (B, 64, 64)
-        reshape_3 = None
-        add_3 = add_2 + blocks_1_attn_proj  # (B, 64, 64)
-        add_2 = blocks_1_attn_proj = None
-        blocks_1_norm2 = getattr(self.blocks, "1").norm2(add_3)  # (B, 64, 64)
-        blocks_1_mlp_0 = getattr(getattr(self.blocks, "1").mlp, "0")(blocks_1_norm2)  # (B, 64, 128)
-        blocks_1_norm2 = None
-        blocks_1_mlp_1 = getattr(getattr(self.blocks, "1").mlp, "1")(blocks_1_mlp_0)  # (B, 64, 128)
-        blocks_1_mlp_0 = None
-        blocks_1_mlp_2 = getattr(getattr(self.blocks, "1").mlp, "2")(blocks_1_mlp_1)  # (B, 64, 64)
-        blocks_1_mlp_1 = None
-        add_4 = add_3 + blocks_1_mlp_2  # (B, 64, 64)
-        add_3 = blocks_1_mlp_2 = None
-        return add_4
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x)  # (B, 64, 8, 8)
+        x = x.flatten(2)  # (B, 64, 64)
+        x = x.transpose(1, 2)  # (B, 64, 64)
+        x = x + self.pos_embed  # (B, 64, 64)
+        x = self.blocks[0](x)  # (B, 64, 64)
+        x = self.blocks[1](x)  # (B, 64, 64)
+        return x
 
 
-class Block1(nn.Module):
+class Block1(Part):
     """Block 1: after `blocks.1` up to `blocks.3`, (B, 64, 64) -> (B, 64, 64)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         adopt(self, model, ["blocks.2", "blocks.3"])
 
-    def forward(self, x):
-        blocks_2_norm1 = getattr(self.blocks, "2").norm1(x)  # (B, 64, 64)
-        getattr_3 = blocks_2_norm1.shape
-        getitem_12 = getattr_3[0]
-        getitem_13 = getattr_3[1]
-        getitem_14 = getattr_3[2]
-        getattr_3 = None
-        blocks_2_attn_qkv = getattr(self.blocks, "2").attn.qkv(blocks_2_norm1)  # (B, 64, 192)
-        blocks_2_norm1 = None
-        floordiv_2 = getitem_14 // 4
-        reshape_4 = blocks_2_attn_qkv.reshape(
-            getitem_12, getitem_13, 3, 4, floordiv_2
-        )  # (B, 64, 3, 4, 16)
-        blocks_2_attn_qkv = floordiv_2 = None
-        permute_2 = reshape_4.permute(2, 0, 3, 1, 4)  # (3, 32, 4, 64, 16)
-        reshape_4 = None
-        unbind_2 = permute_2.unbind(0)
-        permute_2 = None
-        getitem_15 = unbind_2[0]  # (B, 4, 64, 16)
-        getitem_16 = unbind_2[1]  # (B, 4, 64, 16)
-        getitem_17 = unbind_2[2]  # (B, 4, 64, 16)
-        unbind_2 = None
-        scaled_dot_product_attention_2 = torch._C._nn.scaled_dot_product_attention(
-            getitem_15, getitem_16, getitem_17
-        )  # (B, 4, 64, 16)
-        getitem_15 = getitem_16 = getitem_17 = None
-        transpose_3 = scaled_dot_product_attention_2.transpose(1, 2)  # (B, 64, 4, 16)
-        scaled_dot_product_attention_2 = None
-        reshape_5 = transpose_3.reshape(getitem_12, getitem_13, getitem_14)  # (B, 64, 64)
-        transpose_3 = getitem_12 = getitem_13 = getitem_14 = None
-        blocks_2_attn_proj = getattr(self.blocks, "2").attn.proj(reshape_5)  # (B, 64, 64)
-        reshape_5 = None
-        add_5 = x + blocks_2_attn_proj  # (B, 64, 64)
-        x = blocks_2_attn_proj = None
-        blocks_2_norm2 = getattr(self.blocks, "2").norm2(add_5)  # (B, 64, 64)
-        blocks_2_mlp_0 = getattr(getattr(self.blocks, "2").mlp, "0")(blocks_2_norm2)  # (B, 64, 128)
-        blocks_2_norm2 = None
-        blocks_2_mlp_1 = getattr(getattr(self.blocks, "2").mlp, "1")(blocks_2_mlp_0)  # (B, 64, 128)
-        blocks_2_mlp_0 = None
-        blocks_2_mlp_2 = getattr(getattr(self.blocks, "2").mlp, "2")(blocks_2_mlp_1)  # (B, 64, 64)
-        blocks_2_mlp_1 = None
-        add_6 = add_5 + blocks_2_mlp_2  # (B, 64, 64)
-        add_5 = blocks_2_mlp_2 = None
-        blocks_3_norm1 = getattr(self.blocks, "3").norm1(add_6)  # (B, 64, 64)
-        getattr_4 = blocks_3_norm1.shape
-        getitem_18 = getattr_4[0]
-        getitem_19 = getattr_4[1]
-        getitem_20 = getattr_4[2]
-        getattr_4 = None
-        blocks_3_attn_qkv = getattr(self.blocks, "3").attn.qkv(blocks_3_norm1)  # (B, 64, 192)
-        blocks_3_norm1 = None
-        floordiv_3 = getitem_20 // 4
-        reshape_6 = blocks_3_attn_qkv.reshape(
-            getitem_18, getitem_19, 3, 4, floordiv_3
-        )  # (B, 64, 3, 4, 16)
-        blocks_3_attn_qkv = floordiv_3 = None
-        permute_3 = reshape_6.permute(2, 0, 3, 1, 4)  # (3, 32, 4, 64, 16)
-        reshape_6 = None
-        unbind_3 = permute_3.unbind(0)
-        permute_3 = None
-        getitem_21 = unbind_3[0]  # (B, 4, 64, 16)
-        getitem_22 = unbind_3[1]  # (B, 4, 64, 16)
-        getitem_23 = unbind_3[2]  # (B, 4, 64, 16)
-        unbind_3 = None
-        scaled_dot_product_attention_3 = torch._C._nn.scaled_dot_product_attention(
-            getitem_21, getitem_22, getitem_23
-        )  # (B, 4, 64, 16)
-        getitem_21 = getitem_22 = getitem_23 = None
-        transpose_4 = scaled_dot_product_attention_3.transpose(1, 2)  # (B, 64, 4, 16)
-        scaled_dot_product_attention_3 = None
-        reshape_7 = transpose_4.reshape(getitem_18, getitem_19, getitem_20)  # (B, 64, 64)
-        transpose_4 = getitem_18 = getitem_19 = getitem_20 = None
-        blocks_3_attn_proj = getattr(self.blocks, "3").attn.proj(reshape_7)  # (B, 64, 64)
-        reshape_7 = None
-        add_7 = add_6 + blocks_3_attn_proj  # (B, 64, 64)
-        add_6 = blocks_3_attn_proj = None
-        blocks_3_norm2 = getattr(self.blocks, "3").norm2(add_7)  # (B, 64, 64)
-        blocks_3_mlp_0 = getattr(getattr(self.blocks, "3").mlp, "0")(blocks_3_norm2)  # (B, 64, 128)
-        blocks_3_norm2 = None
-        blocks_3_mlp_1 = getattr(getattr(self.blocks, "3").mlp, "1")(blocks_3_mlp_0)  # (B, 64, 128)
-        blocks_3_mlp_0 = None
-        blocks_3_mlp_2 = getattr(getattr(self.blocks, "3").mlp, "2")(blocks_3_mlp_1)  # (B, 64, 64)
-        blocks_3_mlp_1 = None
-        add_8 = add_7 + blocks_3_mlp_2  # (B, 64, 64)
-        add_7 = blocks_3_mlp_2 = None
-        return add_8
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.blocks[2](x)  # (B, 64, 64)
+        x = self.blocks[3](x)  # (B, 64, 64)
+        return x
 
 
-class Block2(nn.Module):
+class Block2(Part):
     """Block 2: after `blocks.3` up to `blocks.4`, (B, 64, 64) -> (B, 64, 64)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         adopt(self, model, ["blocks.4"])
 
-    def forward(self, x):
-        blocks_4_norm1 = getattr(self.blocks, "4").norm1(x)  # (B, 64, 64)
-        getattr_5 = blocks_4_norm1.shape
-        getitem_24 = getattr_5[0]
-        getitem_25 = getattr_5[1]
-        getitem_26 = getattr_5[2]
-        getattr_5 = None
-        blocks_4_attn_qkv = getattr(self.blocks, "4").attn.qkv(blocks_4_norm1)  # (B, 64, 192)
-        blocks_4_norm1 = None
-        floordiv_4 = getitem_26 // 4
-        reshape_8 = blocks_4_attn_qkv.reshape(
-            getitem_24, getitem_25, 3, 4, floordiv_4
-        )  # (B, 64, 3, 4, 16)
-        blocks_4_attn_qkv = floordiv_4 = None
-        permute_4 = reshape_8.permute(2, 0, 3, 1, 4)  # (3, 32, 4, 64, 16)
-        reshape_8 = None
-        unbind_4 = permute_4.unbind(0)
-        permute_4 = None
-        getitem_27 = unbind_4[0]  # (B, 4, 64, 16)
-        getitem_28 = unbind_4[1]  # (B, 4, 64, 16)
-        getitem_29 = unbind_4[2]  # (B, 4, 64, 16)
-        unbind_4 = None
-        scaled_dot_product_attention_4 = torch._C._nn.scaled_dot_product_attention(
-            getitem_27, getitem_28, getitem_29
-        )  # (B, 4, 64, 16)
-        getitem_27 = getitem_28 = getitem_29 = None
-        transpose_5 = scaled_dot_product_attention_4.transpose(1, 2)  # (B, 64, 4, 16)
-        scaled_dot_product_attention_4 = None
-        reshape_9 = transpose_5.reshape(getitem_24, getitem_25, getitem_26)  # (B, 64, 64)
-        transpose_5 = getitem_24 = getitem_25 = getitem_26 = None
-        blocks_4_attn_proj = getattr(self.blocks, "4").attn.proj(reshape_9)  # (B, 64, 64)
-        reshape_9 = None
-        add_9 = x + blocks_4_attn_proj  # (B, 64, 64)
-        x = blocks_4_attn_proj = None
-        blocks_4_norm2 = getattr(self.blocks, "4").norm2(add_9)  # (B, 64, 64)
-        blocks_4_mlp_0 = getattr(getattr(self.blocks, "4").mlp, "0")(blocks_4_norm2)  # (B, 64, 128)
-        blocks_4_norm2 = None
-        blocks_4_mlp_1 = getattr(getattr(self.blocks, "4").mlp, "1")(blocks_4_mlp_0)  # (B, 64, 128)
-        blocks_4_mlp_0 = None
-        blocks_4_mlp_2 = getattr(getattr(self.blocks, "4").mlp, "2")(blocks_4_mlp_1)  # (B, 64, 64)
-        blocks_4_mlp_1 = None
-        add_10 = add_9 + blocks_4_mlp_2  # (B, 64, 64)
-        add_9 = blocks_4_mlp_2 = None
-        return add_10
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.blocks[4](x)  # (B, 64, 64)
+        return x
 
 
-class Block3(nn.Module):
+class Block3(Part):
     """Block 3: after `blocks.4` up to `output`, (B, 64, 64) -> (B, 10)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         adopt(self, model, ["blocks.5", "head", "norm"])
 
-    def forward(self, x):
-        blocks_5_norm1 = getattr(self.blocks, "5").norm1(x)  # (B, 64, 64)
-        getattr_6 = blocks_5_norm1.shape
-        getitem_30 = getattr_6[0]
-        getitem_31 = getattr_6[1]
-        getitem_32 = getattr_6[2]
-        getattr_6 = None
-        blocks_5_attn_qkv = getattr(self.blocks, "5").attn.qkv(blocks_5_norm1)  # (B, 64, 192)
-        blocks_5_norm1 = None
-        floordiv_5 = getitem_32 // 4
-        reshape_10 = blocks_5_attn_qkv.reshape(
-            getitem_30, getitem_31, 3, 4, floordiv_5
-        )  # (B, 64, 3, 4, 16)
-        blocks_5_attn_qkv = floordiv_5 = None
-        permute_5 = reshape_10.permute(2, 0, 3, 1, 4)  # (3, 32, 4, 64, 16)
-        reshape_10 = None
-        unbind_5 = permute_5.unbind(0)
-        permute_5 = None
-        getitem_33 = unbind_5[0]  # (B, 4, 64, 16)
-        getitem_34 = unbind_5[1]  # (B, 4, 64, 16)
-        getitem_35 = unbind_5[2]  # (B, 4, 64, 16)
-        unbind_5 = None
-        scaled_dot_product_attention_5 = torch._C._nn.scaled_dot_product_attention(
-            getitem_33, getitem_34, getitem_35
-        )  # (B, 4, 64, 16)
-        getitem_33 = getitem_34 = getitem_35 = None
-        transpose_6 = scaled_dot_product_attention_5.transpose(1, 2)  # (B, 64, 4, 16)
-        scaled_dot_product_attention_5 = None
-        reshape_11 = transpose_6.reshape(getitem_30, getitem_31, getitem_32)  # (B, 64, 64)
-        transpose_6 = getitem_30 = getitem_31 = getitem_32 = None
-        blocks_5_attn_proj = getattr(self.blocks, "5").attn.proj(reshape_11)  # (B, 64, 64)
-        reshape_11 = None
-        add_11 = x + blocks_5_attn_proj  # (B, 64, 64)
-        x = blocks_5_attn_proj = None
-        blocks_5_norm2 = getattr(self.blocks, "5").norm2(add_11)  # (B, 64, 64)
-        blocks_5_mlp_0 = getattr(getattr(self.blocks, "5").mlp, "0")(blocks_5_norm2)  # (B, 64, 128)
-        blocks_5_norm2 = None
-        blocks_5_mlp_1 = getattr(getattr(self.blocks, "5").mlp, "1")(blocks_5_mlp_0)  # (B, 64, 128)
-        blocks_5_mlp_0 = None
-        blocks_5_mlp_2 = getattr(getattr(self.blocks, "5").mlp, "2")(blocks_5_mlp_1)  # (B, 64, 64)
-        blocks_5_mlp_1 = None
-        add_12 = add_11 + blocks_5_mlp_2  # (B, 64, 64)
-        add_11 = blocks_5_mlp_2 = None
-        norm = self.norm(add_12)  # (B, 64, 64)
-        add_12 = None
-        mean = norm.mean(dim=1)  # (B, 64)
-        norm = None
-        head = self.head(mean)  # (B, 10)
-        mean = None
-        return head
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.blocks[5](x)  # (B, 64, 64)
+        x = self.norm(x)  # (B, 64, 64)
+        x = x.mean(dim=1)  # (B, 64)
+        x = self.head(x)  # (B, 10)
+        return x
 
 
 def build_blocks(model: nn.Module) -> nn.ModuleList:
@@ -353,48 +110,19 @@ def build_blocks(model: nn.Module) -> nn.ModuleList:
     return nn.ModuleList([Block0(model), Block1(model), Block2(model), Block3(model)])
 
 
-class Unit0(nn.Module):
+class Unit0(Part):
     """The model after `blocks.3` up to `blocks.4.add`: block 1's momentum auxiliary copies it."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         adopt(self, model, ["blocks.4.attn", "blocks.4.norm1"])
 
-    def forward(self, x):
-        blocks_4_norm1 = getattr(self.blocks, "4").norm1(x)  # (B, 64, 64)
-        getattr_5 = blocks_4_norm1.shape
-        getitem_24 = getattr_5[0]
-        getitem_25 = getattr_5[1]
-        getitem_26 = getattr_5[2]
-        getattr_5 = None
-        blocks_4_attn_qkv = getattr(self.blocks, "4").attn.qkv(blocks_4_norm1)  # (B, 64, 192)
-        blocks_4_norm1 = None
-        floordiv_4 = getitem_26 // 4
-        reshape_8 = blocks_4_attn_qkv.reshape(
-            getitem_24, getitem_25, 3, 4, floordiv_4
-        )  # (B, 64, 3, 4, 16)
-        blocks_4_attn_qkv = floordiv_4 = None
-        permute_4 = reshape_8.permute(2, 0, 3, 1, 4)  # (3, 32, 4, 64, 16)
-        reshape_8 = None
-        unbind_4 = permute_4.unbind(0)
-        permute_4 = None
-        getitem_27 = unbind_4[0]  # (B, 4, 64, 16)
-        getitem_28 = unbind_4[1]  # (B, 4, 64, 16)
-        getitem_29 = unbind_4[2]  # (B, 4, 64, 16)
-        unbind_4 = None
-        scaled_dot_product_attention_4 = torch._C._nn.scaled_dot_product_attention(
-            getitem_27, getitem_28, getitem_29
-        )  # (B, 4, 64, 16)
-        getitem_27 = getitem_28 = getitem_29 = None
-        transpose_5 = scaled_dot_product_attention_4.transpose(1, 2)  # (B, 64, 4, 16)
-        scaled_dot_product_attention_4 = None
-        reshape_9 = transpose_5.reshape(getitem_24, getitem_25, getitem_26)  # (B, 64, 64)
-        transpose_5 = getitem_24 = getitem_25 = getitem_26 = None
-        blocks_4_attn_proj = getattr(self.blocks, "4").attn.proj(reshape_9)  # (B, 64, 64)
-        reshape_9 = None
-        add_9 = x + blocks_4_attn_proj  # (B, 64, 64)
-        x = blocks_4_attn_proj = None
-        return add_9
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.blocks[4].norm1(x)  # (B, 64, 64)
+        h = self.blocks[4].attn(h)  # (B, 64, 64)
+        x = x + h  # (B, 64, 64)
+        del h
+        return x
 
 
 def build_auxiliaries(model: nn.Module, blocks: nn.ModuleList, num_classes: int) -> nn.ModuleList:
