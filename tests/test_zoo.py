@@ -7,7 +7,6 @@ import importlib.util
 import json
 import math
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
@@ -24,6 +23,7 @@ from splitter.report.picture import picture
 from splitter.report.plot import cut_label, svg_text
 from splitter.report.tables import plan_partition
 from splitter.transform.verify import tree_equal, verify_plan
+from tests.test_emission import assert_blocks_compute_the_model
 from tests.test_useful_splits import assert_worth_training
 
 pytestmark = [pytest.mark.zoo, pytest.mark.filterwarnings("ignore::FutureWarning")]
@@ -137,23 +137,6 @@ def test_detection_backbone_verifies_as_root() -> None:
 
 def test_the_zoo_is_complete() -> None:
     assert len(TORCHVISION) == 80
-
-
-def assert_blocks_compute_the_model(train: ModuleType) -> None:
-    """The package's emitted blocks, run one after the other, give the model's output
-    exactly, in eval and in train mode (the same random draws for dropout)."""
-    parts = train.build(0)
-    x = torch.randn(2, *train.LOCK["model"]["input_shape"])
-    with torch.no_grad():
-        for training in (False, True):
-            parts.model.train(training), parts.blocks.train(training)
-            torch.manual_seed(0)
-            expected = parts.model(x)
-            torch.manual_seed(0)
-            h = x
-            for block in parts.blocks:
-                h = block(h)
-            assert tree_equal(h, expected), f"training={training}"
 
 
 # Not compiled yet (both fail before emission; "Any model's shape" is the issue for them).
