@@ -83,12 +83,6 @@ def check_emittable(plan: Plan) -> None:
             f"`model.root: {spec.model.root}`: the package trains a classifier split as a whole; "
             "remove `model.root` (inspect, verify and partition do take it)"
         )
-    if plan.surgery.shared:
-        names = ", ".join(f"`{s.names[0]}`" for s in plan.surgery.shared)
-        problems.append(
-            f"parameters {names} are shared by several blocks; the package needs each parameter "
-            "in one block: move the cuts, or set `partition.shared_params: error` to see where"
-        )
     if spec.training.loss != "cross_entropy":
         problems.append(
             f"`training.loss: {spec.training.loss}`: the package trains on `cross_entropy`; "
@@ -135,6 +129,9 @@ class Viewer:
 
     def blocks(self, top: str) -> dict[str, Any]:
         blocks = [self._block(k) for k in range(len(self.plan.surgery.blocks))]
+        unshared = [self._unshared(k, b.owned) for k, b in enumerate(blocks)]
+        if any(unshared):
+            self.imports.lines.add("import copy")
         auxiliaries = self.aux.views()
         units = list(self.aux.units.values())
         text = " ".join(a.expression for a in auxiliaries)
@@ -144,7 +141,12 @@ class Viewer:
             "header": top,
             "title": self.title(),
             "imports": _sorted_imports(self.imports.lines, local | self._local_imports()),
-            "blocks": [_template_view(b) for b in blocks],
+            "blocks": [
+                {**_template_view(b), "unshared": json.dumps(names)}
+                for b, names in zip(blocks, unshared, strict=True)
+            ],
+            "detached": self.plan.spec.spec.partition.shared_params == "owner",
+            "unsharing": any(unshared),
             "block_calls": ", ".join(f"{b.name}(model)" for b in blocks),
             "units": [_template_view(u) for u in units],
             "auxiliaries": auxiliaries,
@@ -163,6 +165,26 @@ class Viewer:
         return module_source(
             f"Block{k}", doc, graphs, self.analysis.target, self.imports, self.shapes
         )
+
+    def _unshared(self, k: int, owned: tuple[str, ...]) -> list[str]:
+        """The names under which block k reaches a parameter an earlier block trains, which
+        it gets its own copy of (`shared_params: owner` or `replicate`; `sync` shares it)."""
+        found = []
+        for shared in self.plan.surgery.shared:
+            if shared.policy in ("owner", "replicate") and k in shared.blocks[1:]:
+                found += [
+                    name
+                    for name in shared.names
+                    if any(name == o or name.startswith(o + ".") for o in owned)
+                ]
+        return found
+
+    def _shared(self) -> dict[str, Any]:
+        """The shared parameters for spec.lock.yaml: train.py checks the placement."""
+        shared = [
+            {"names": list(s.names), "blocks": list(s.blocks)} for s in self.plan.surgery.shared
+        ]
+        return {"shared": shared} if shared else {}
 
     def _local_imports(self) -> set[str]:
         """Imports of the package's own modules (the model file and its siblings)."""
@@ -208,6 +230,7 @@ class Viewer:
             # what groups blocks onto devices and pipeline stages (the cost model's FLOPs)
             "block_flops": [self.aux.costs.flops(i, j) for i, j in pairwise(self.aux.bounds)],
             **self._loss_weights(),
+            **self._shared(),
             "splitter": version,
             **{name: _version(name) for name in ("torch", "torchvision", "timm")},
         }

@@ -92,7 +92,7 @@ def stage_state(
         if whole
         else {key: v for k in owned for key, v in blocks[k].state_dict().items()}
     )  # a block's state_dict keys are the model's own
-    state: dict[str, Any] = {"model": model}
+    state: dict[str, Any] = {"model": model, "copies": _copies(blocks, owned, s.parts.model)}
     if not model_only:
         prefixes = tuple(f"{k}." for k in owned)
         auxiliaries = s.parts.auxiliaries.state_dict().items()
@@ -106,6 +106,18 @@ def stage_state(
             "scaler": {stage: s.scaler.state_dict()},
         }
     return pytree.tree_map_only(torch.Tensor, lambda t: t.detach().cpu(), state)  # type: ignore[no-any-return]
+
+
+def _copies(blocks: nn.ModuleList, owned: range, model: nn.Module) -> dict[str, torch.Tensor]:
+    """Parameters of blocks that are not the model's (`shared_params: replicate` copies), as
+    `k:name`."""
+    mine = {id(p) for p in model.parameters()}
+    return {
+        f"{k}:{name}": p
+        for k in owned
+        for name, p in blocks[k].named_parameters()
+        if id(p) not in mine
+    }
 
 
 def merge(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -150,6 +162,11 @@ def load_checkpoint(
             f"`{path}` holds the weights of another model or split ({first_line(error)}); "
             "resume it with the package that wrote it"
         ) from None
+    with torch.no_grad():
+        for key, value in state.get("copies", {}).items():
+            k, name = key.split(":", 1)
+            if owned is None or int(k) in owned:
+                dict(s.parts.blocks[int(k)].named_parameters())[name].copy_(value)
     mine = owned if owned is not None and s.per_block else range(len(s.optimizers))
     for k in mine:
         s.optimizers[k].load_state_dict(state["optimizers"][k])

@@ -11,7 +11,7 @@ from torch import nn
 
 import pipeline
 from auxiliary import Momentum
-from settings import PACKAGE, TRAINING, ConfigError
+from settings import LOCK, PACKAGE, TRAINING, ConfigError
 from step import Parts
 
 
@@ -47,6 +47,30 @@ class Placement:
 def place(args: argparse.Namespace, parts: Parts) -> Placement:
     """Group the blocks by their FLOPs (the cost model's, from spec.lock.yaml) onto the devices
     or the stages, refusing what the schedule cannot honour."""
+    placement = _place(args, parts)
+    check_shared(placement)
+    return placement
+
+
+def check_shared(placement: Placement) -> None:
+    """A tensor shared by blocks under `shared_params: owner` or `sync` is one tensor in one
+    process: the blocks that use it must run in one group."""
+    policy = LOCK["partition"].get("shared_params", "error")
+    for shared in PACKAGE.get("shared", []) if policy in ("owner", "sync") else []:
+        groups = sorted(
+            {i for i, g in enumerate(placement.groups) for k in shared["blocks"] if k in g}
+        )
+        if len(groups) > 1:
+            where = "stages" if placement.layout else "devices"
+            raise ConfigError(
+                f"blocks {', '.join(map(str, shared['blocks']))} share `{shared['names'][0]}` "
+                f"(`shared_params: {policy}`), which needs them on one device in one process, "
+                f"but they run on {where} {', '.join(map(str, groups))}: compile with "
+                "`partition.shared_params: replicate`, or use fewer " + where
+            )
+
+
+def _place(args: argparse.Namespace, parts: Parts) -> Placement:
     costs = PACKAGE.get("block_flops") or [1] * len(parts.blocks)
     scope = TRAINING["optimizer_scope"]
     if pipeline.launched():
