@@ -139,22 +139,24 @@ def test_the_zoo_is_complete() -> None:
     assert len(TORCHVISION) == 80
 
 
-# Not compiled yet (both fail before emission; "Any model's shape" is the issue for them).
-NO_PACKAGE = {
-    "coat_lite_tiny": "blocks share the `crpe` modules: shared parameters do not compile yet",
-    "twins_pcpvt_small": "an auxiliary takes its token maps for the wrong layout",
-}
+# Not compiled yet: partition fails before emission ("Any model's shape" is the issue).
+NO_PACKAGE = {"twins_pcpvt_small": "an auxiliary takes its token maps for the wrong layout"}
+SHARING = {"coat_lite_tiny"}  # its serial blocks share the `crpe` modules
 
 
 @pytest.mark.filterwarnings("ignore:`.*` has no reset_parameters:UserWarning")
 @pytest.mark.skipif(importlib.util.find_spec("timm") is None, reason="timm not installed")
 @pytest.mark.parametrize("name", [n for n in TIMM if n not in NO_PACKAGE])
 def test_timm_compiles_to_blocks_that_compute_the_model(name: str, tmp_path: Path) -> None:
-    """K = 4 automatic blocks; where the rules of automatic splits leave fewer than two
-    blocks (crossvit's two branches), up to four blocks at evenly spaced legal cuts."""
+    """K = 4 automatic blocks (coat's shared modules replicated); where the rules of
+    automatic splits leave fewer than two blocks (crossvit's two branches), up to four blocks
+    at evenly spaced legal cuts."""
     out, options = tmp_path / "pkg", ModelOptions(batch_size=2)
+    auto = tmp_path / "auto.yaml"
+    policy = "replicate" if name in SHARING else "error"
+    auto.write_text(f"version: 1\npartition: {{auto: {{blocks: 4}}, shared_params: {policy}}}\n")
     try:
-        compile_package(f"timm:{name}", None, options, out=str(out), blocks=4)
+        compile_package(f"timm:{name}", str(auto), options, out=str(out))
     except SpecError as error:
         assert "train end to end" in str(error)
         cuts = evenly_spaced([c.name for c in analyze(f"timm:{name}", options).cuts.cuts])
