@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import (
     AfterValidator,
     Field,
+    NonNegativeFloat,
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
@@ -56,6 +57,16 @@ class ModelSection(SpecModel):
     output: int | str | None = None
     """Index or key of the model output the task loss uses, when the model returns a tuple or
     dict (null: the first element)."""
+
+
+class TaskSection(SpecModel):
+    """What the model's outputs train."""
+
+    aux_outputs: dict[int | str, NonNegativeFloat] | None = None
+    """Weights of the model's other outputs in the task loss (key or index as `model.output`
+    takes it), each a cross entropy on the same targets: `{aux_logits: 0.4}`. null: 0.4 for
+    every other output that has parameters of its own (torchvision's inception recipe); 0
+    leaves an output untrained, which verify and compile say."""
 
 
 class TraceSection(SpecModel):
@@ -249,6 +260,8 @@ class SplitSpec(SpecModel):
     """The model to split; optional when MODEL is on the command line."""
     trace: TraceSection = TraceSection()
     """How the model is traced."""
+    task: TaskSection = TaskSection()
+    """What the model's outputs train."""
     partition: PartitionSection
     """Where the model is cut: `cuts: [...]` or `auto: {blocks: K}`."""
     aux: AuxSection = AuxSection()

@@ -17,7 +17,7 @@ from splitter.api import compile_package
 from splitter.frontend.modelref import ModelOptions
 from splitter.package import load_package
 from splitter.runtime.memory import LiveTensors
-from splitter.transform.verify import tree_equal
+from splitter.transform.compare import tree_equal
 from tests.conftest import EXAMPLES
 
 GOLDEN = Path(__file__).parent / "golden"

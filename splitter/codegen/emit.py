@@ -14,6 +14,7 @@ from typing import Any
 import jinja2
 import yaml
 
+from splitter.analysis.outputs import other_outputs
 from splitter.codegen.auxiliaries import AUX_CLASSES, AuxiliaryViews, aux_config
 from splitter.codegen.modelsource import ModelSource
 from splitter.codegen.source import Imports, ModuleSource, ShapeText, batch_shapes, module_source
@@ -206,6 +207,8 @@ class Viewer:
             input_shape=list(model_input.shape),
             input_dtype=str(model_input.dtype).removeprefix("torch."),
         )
+        others = other_outputs(self.analysis.traced.graph("train"), self.plan.spec.spec)
+        spec["task"] = {"aux_outputs": {o.key: o.weight for o in others if o.weight > 0}}
         spec["partition"] = {
             "cuts": [c.name for c in self.plan.cuts],
             "shared_params": spec["partition"]["shared_params"],

@@ -14,6 +14,7 @@ from splitter.analysis.cuts import CutPoint
 from splitter.analysis.explain import explain_cut
 from splitter.analysis.lambdas import for_cuts
 from splitter.analysis.model import Analysis, analyze
+from splitter.analysis.outputs import other_outputs, returned, unknown_keys
 from splitter.errors import SpecError, SplitterError
 from splitter.frontend.annotate import node_cost
 from splitter.frontend.modelref import ModelOptions
@@ -43,6 +44,14 @@ def plan_for(analysis: Analysis, loaded: LoadedSpec) -> Plan:
     """Check a loaded spec against an analysed model and cut it into blocks."""
     cuts = check_spec(loaded, analysis)
     surgery = split(analysis.traced, cuts, loaded.spec.partition.shared_params)
+    for other in other_outputs(analysis.traced.graph("train"), loaded.spec):
+        if other.weight == 0 and not analysis.root:
+            shown = ", ".join(f"`{p}`" for p in other.params[:3])
+            more = f" and {len(other.params) - 3} more" if len(other.params) > 3 else ""
+            analysis.model.warnings.append(
+                f"output `{other.key}` is not trained (`task.aux_outputs: {{{other.key}: 0}}`): "
+                f"its parameters {shown}{more} get no gradient; give it a weight to train it"
+            )
     return Plan(analysis, loaded, cuts, surgery)
 
 
@@ -86,7 +95,7 @@ def check_spec(loaded: LoadedSpec, analysis: Analysis) -> list[CutPoint]:
     auto = spec.partition.auto
     blocks = (auto.blocks or 0) if auto is not None else len(spec.partition.cuts or []) + 1
     problems += _aux_problems(spec, blocks)
-    problems += _output_problems(spec, analysis)
+    problems += _output_problems(spec, analysis) + _aux_output_problems(spec, analysis)
     if not problems and auto is not None:
         found = _auto_partition(spec, analysis)
         cuts = found.cuts
@@ -185,6 +194,16 @@ def _output_problems(spec: SplitSpec, analysis: Analysis) -> list[Problem]:
         return []
     shown = ", ".join(f"`{v}`" for v in valid)
     return [(("model", "output"), f"the model returns nothing at `{choice}`; use one of {shown}")]
+
+
+def _aux_output_problems(spec: SplitSpec, analysis: Analysis) -> list[Problem]:
+    """`task.aux_outputs` may weigh only outputs the model returns."""
+    gm = analysis.traced.graph("train")
+    keys = ", ".join(f"`{k}`" for k, _ in returned(gm.graph))
+    return [
+        (("task", "aux_outputs", key), f"the model returns nothing at `{key}`; use one of {keys}")
+        for key in unknown_keys(gm, spec)
+    ]
 
 
 def resolve_cuts(analysis: Analysis, names: Sequence[str]) -> tuple[list[CutPoint], list[Problem]]:

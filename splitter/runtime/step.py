@@ -39,9 +39,10 @@ class Parts:
         return len(self.blocks) - 1
 
 
-def select_output(out: Any) -> torch.Tensor:
-    """The output the task loss uses (`model.output` of the spec; default the first)."""
-    key = LOCK["model"]["output"]
+def select_output(out: Any, key: int | str | None = None) -> torch.Tensor:
+    """The output the task loss uses (`model.output` of the spec; default the first), or the
+    output at `key`."""
+    key = LOCK["model"]["output"] if key is None else key
     if isinstance(out, torch.Tensor):
         return out
     if isinstance(out, dict):
@@ -49,6 +50,18 @@ def select_output(out: Any) -> torch.Tensor:
     if isinstance(key, str):
         return getattr(out, key)  # type: ignore[no-any-return]
     return out[key or 0]  # type: ignore[no-any-return]
+
+
+def task_loss(out: Any, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross entropy on the selected output plus, where the model returns more outputs (in
+    train mode), each other output's cross entropy at its `task.aux_outputs` weight; the
+    loss, and the logits accuracy is measured on."""
+    logits = select_output(out)
+    loss = F.cross_entropy(logits, y)
+    if not isinstance(out, torch.Tensor):
+        for key, weight in (LOCK.get("task") or {}).get("aux_outputs", {}).items():
+            loss = loss + weight * F.cross_entropy(select_output(out, key), y)
+    return loss, logits
 
 
 class Local(nn.Module):
@@ -64,8 +77,8 @@ class Local(nn.Module):
     ) -> tuple[Any, torch.Tensor, torch.Tensor]:
         out = self.block(x)
         if self.auxiliary is None:
-            logits = select_output(out)
-            return out, F.cross_entropy(logits, y), logits
+            loss, logits = task_loss(out, y)
+            return out, loss, logits
         loss, logits = self.auxiliary(out, y, image, history)
         return out, loss, logits
 
@@ -175,8 +188,7 @@ def e2e_step(
     `--checkpoint`, its blocks in a row, each but the last recomputed in the backward)."""
     with s.memory.saved.watch(), s.autocast():
         out = checkpointed(s.parts.blocks, x) if s.checkpointed else s.parts.model(x)
-        logits = select_output(out)
-        loss = F.cross_entropy(logits, y)
+        loss, logits = task_loss(out, y)
     s.scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
     s.memory.saved.release()
     step_optimizer(s, s.optimizers[0], step)

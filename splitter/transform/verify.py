@@ -14,6 +14,8 @@ from torch.utils import _pytree as pytree
 
 from schemas.auxiliary import MlaanAux
 from splitter.analysis.cuts import CutPoint
+from splitter.analysis.outputs import other_outputs, without
+from splitter.transform.compare import rel_diff, tree_equal
 from splitter.transform.surgery import Block, Surgery, swapped
 
 if TYPE_CHECKING:
@@ -77,13 +79,15 @@ def verify(
     whole: tuple[nn.Module, str, torch.Tensor] | None = None,
     seed: int = 0,
     windows: Sequence[int] = (),
+    untrained_outputs: frozenset[int | str] = frozenset(),
 ) -> Verification:
     """Check (a) equivalence in eval and train mode, (b) isolation of every block's local
     backward, (c) that every trainable parameter is trained by exactly one block's own loss.
     `whole` is (model, root FQN, model input) when only a submodule is split. `windows[k]`
     (default 1) is how many blocks block k's local loss declares it trains: MLAAN's cascaded
     loss runs blocks k-w+1..k again from the detached input of block k-w+1, so isolation then
-    means nothing outside that window, and not that window's input, gets a gradient."""
+    means nothing outside that window, and not that window's input, gets a gradient.
+    `untrained_outputs` are the model's outputs the task loss leaves out (weight 0)."""
     spans = [
         max(0, k - (windows[k] if k < len(windows) else 1) + 1) for k in range(len(surgery.blocks))
     ]
@@ -94,8 +98,8 @@ def verify(
         train_outs, train_ref, eager_train = _run_both(
             target, graphs["train"], cuts, surgery, x, "train", seed
         )
-        grads = _local_backwards(surgery.blocks, x, spans)
-        trained = _trained(surgery.blocks, x, spans, grads)
+        grads = _local_backwards(surgery.blocks, x, spans, untrained_outputs)
+        trained = _trained(surgery.blocks, x, spans, grads, untrained_outputs)
         whole_equal = _whole_model_equal(whole, surgery) if whole else None
     sync = {id(p) for p in _sync_params(surgery)}
     checks = [
@@ -116,7 +120,7 @@ def verify(
     return Verification(
         blocks=checks,
         output_equal_eval=tree_equal(eval_outs[-1], eager_eval),
-        output_rel_diff_train=_rel_diff(train_outs[-1], eager_train),
+        output_rel_diff_train=rel_diff(train_outs[-1], eager_train),
         untrained=untrained,
         multiply_trained=multiple,
         model_output_equal_eval=whole_equal,
@@ -173,7 +177,11 @@ def _run_both(
 
 
 def _trained(
-    blocks: Sequence[Block], x: torch.Tensor, spans: Sequence[int], grads: list[dict[int, float]]
+    blocks: Sequence[Block],
+    x: torch.Tensor,
+    spans: Sequence[int],
+    grads: list[dict[int, float]],
+    left_out: frozenset[int | str],
 ) -> list[dict[int, float]]:
     """The gradients that train: the train-mode pass's, and where it left a parameter's gradient
     at zero, the larger of it and an eval-mode pass's with every all-zero parameter nudged off
@@ -184,7 +192,7 @@ def _trained(
     if all(g.get(pid, 0.0) > 0 for g, ids in zip(grads, own, strict=True) for pid in ids):
         return grads
     with _nudged([p for b in blocks for p in b.parameters()]):
-        calm = _local_backwards(blocks, x, spans, train=False)
+        calm = _local_backwards(blocks, x, spans, left_out, train=False)
     return [
         {pid: max(a.get(pid, 0.0), b.get(pid, 0.0)) for pid in a.keys() | b.keys()}
         for a, b in zip(grads, calm, strict=True)
@@ -207,7 +215,11 @@ def _nudged(params: Sequence[torch.Tensor]) -> Iterator[None]:
 
 
 def _local_backwards(
-    blocks: Sequence[Block], x: torch.Tensor, spans: Sequence[int], train: bool = True
+    blocks: Sequence[Block],
+    x: torch.Tensor,
+    spans: Sequence[int],
+    left_out: frozenset[int | str] = frozenset(),
+    train: bool = True,
 ) -> list[dict[int, float]]:
     """For each block k, in the trainer's protocol (blocks spans[k]..k run from the detached
     input of block spans[k]), the parameters of every block its local loss reached, each with
@@ -229,7 +241,8 @@ def _local_backwards(
         h = x if first == 0 else attached[first - 1].detach()
         for earlier in blocks[first:k]:
             h = earlier(h)
-        loss = _surrogate_loss(block(h))
+        out = block(h)
+        loss = _surrogate_loss(without(out, left_out) if k == len(blocks) - 1 else out)
         if loss.requires_grad:  # a block without parameters has nothing to train
             torch.autograd.backward(loss)
         got = {id(p): float(p.grad.abs().max()) for p in params if p.grad is not None}
@@ -269,7 +282,7 @@ def _block_check(
         end=block.end,
         params=sum(p.numel() for p in block.parameters()),
         eval_equal=tree_equal(eval_out, eval_ref),
-        train_rel_diff=_rel_diff(train_out, train_ref),
+        train_rel_diff=rel_diff(train_out, train_ref),
         isolated=not leaked,
         input_grad_free=-1 not in grads,
         trained=trained,
@@ -351,24 +364,6 @@ def _whole_model_equal(whole: tuple[nn.Module, str, torch.Tensor], surgery: Surg
     return tree_equal(chained, original)
 
 
-def tree_equal(a: Any, b: Any) -> bool:
-    """Same structure, and every tensor equal (`torch.equal`)."""
-    la, lb = pytree.tree_leaves(a), pytree.tree_leaves(b)
-    return len(la) == len(lb) and all(
-        torch.equal(x, y) if isinstance(x, torch.Tensor) else x == y
-        for x, y in zip(la, lb, strict=True)
-    )
-
-
-def _rel_diff(a: Any, b: Any) -> float:
-    worst = 0.0
-    for x, y in zip(pytree.tree_leaves(a), pytree.tree_leaves(b), strict=False):
-        if isinstance(x, torch.Tensor) and x.is_floating_point():
-            scale = max(float(y.abs().max()), 1e-12) if y.numel() else 1.0
-            worst = max(worst, float((x - y).abs().max()) / scale if x.numel() else 0.0)
-    return worst
-
-
 def verify_plan(plan: Plan, batch_size: int = 2, seed: int = 0) -> Verification:
     """`verify` on a plan's blocks, with real inputs of `batch_size` samples."""
     analysis = plan.analysis
@@ -387,6 +382,11 @@ def verify_plan(plan: Plan, batch_size: int = 2, seed: int = 0) -> Verification:
         whole=whole,
         seed=seed,
         windows=declared_windows(plan),
+        untrained_outputs=frozenset(
+            o.key
+            for o in other_outputs(analysis.traced.graph("train"), plan.spec.spec)
+            if o.weight == 0 and not analysis.root
+        ),
     )
 
 
