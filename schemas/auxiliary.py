@@ -48,6 +48,11 @@ class ConvAux(_Aux):
     """Channels of the conv layers; null means twice the boundary's channels (2C)."""
     hidden: PositiveInt = 128
     """Width of the hidden Linear-ReLU layer before the classifier."""
+    variant: Literal["default", "mlp-sr", "auxdgl"] = "default"
+    """`mlp-sr`: DGL's default head instead (pool to H/4, three conv1x1-BN-ReLU, pool to 2x2,
+    three Linear-BN1d-ReLU at 4C, Linear; `depth`, `width` and `hidden` do not apply);
+    `auxdgl`: MAN++'s DGL head (pool to 8x8, three conv1x1-BN-ReLU at 128, global pooling,
+    three Linear-BN1d-ReLU at 512, Linear). Both for image maps (NCHW)."""
 
 
 class InfoProAux(_Aux):

@@ -33,6 +33,7 @@ from splitter.errors import SplitterError
 from splitter.frontend.annotate import NodeCost, annotate, node_cost, output_shape
 from splitter.frontend.modelref import InputSpec, Precision
 from splitter.frontend.trace import trace
+from splitter.runtime.dgl import dgl_head
 
 Balance = Literal["memory", "flops", "params", "units"]
 Scope = Literal["block", "global"]
@@ -177,6 +178,12 @@ class CostModel:
         classes, precision = self.num_classes, self.precision
         if isinstance(config, LinearAux):
             return _measure(partial(LinearHead, shape[1:], layout, classes), shape, precision)
+        if isinstance(config, ConvAux) and config.variant != "default":
+            if layout != "nchw":
+                raise Unservable(
+                    f"`variant: {config.variant}` takes image maps (NCHW), not {layout.upper()}"
+                )
+            return _measure(partial(dgl_head, config.variant, shape[1:], classes), shape, precision)
         if isinstance(config, ConvAux):
             options = (config.depth, config.width, config.hidden)
             return _measure(

@@ -230,6 +230,13 @@ def _infopro_classifier(sample: tuple[int, ...], layout: Layout, config: InfoPro
 
 
 def _conv(sample: tuple[int, ...], layout: Layout, config: ConvAux) -> str:
+    if config.variant != "default":
+        if layout != "nchw":
+            raise AuxiliaryError(
+                f"`conv` with `variant: {config.variant}` takes image maps (NCHW), but the "
+                f"boundary is {layout.upper()}; use `variant: default`"
+            )
+        return f'dgl_head("{config.variant}", {sample}, num_classes)'
     width = config.width or 2 * channels(sample, layout)
     options = f"depth={config.depth}, width={width}, hidden={config.hidden}"
     return f'ConvHead({sample}, "{layout}", num_classes, {options})'

@@ -138,6 +138,8 @@ class Viewer:
         text = " ".join(a.expression for a in auxiliaries)
         used = sorted(n for n in AUX_CLASSES if re.search(rf"(?<![\w.]){n}\(", text))
         local = {"from auxiliary import " + ", ".join(used)}
+        if "dgl_head(" in text:
+            local.add("from dgl import dgl_head")
         return {
             "header": top,
             "title": self.title(),
