@@ -196,7 +196,9 @@ class ScheduleConfig(SpecModel):
     name: Literal["cosine", "step", "constant"] = "cosine"
     """`cosine` annealing to 0, `step` decay, or `constant`."""
     warmup_epochs: NonNegativeInt = 1
-    """Epochs of linear warm-up from 0 before the schedule starts."""
+    """Epochs of linear warm-up (step by step) before the schedule starts."""
+    warmup_start_lr: NonNegativeFloat = 0.0
+    """The learning rate the warm-up starts from (0: from nothing)."""
     step_size: PositiveInt = 30
     """For `step`: epochs between decays."""
     gamma: float = Field(default=0.1, gt=0)
@@ -214,10 +216,74 @@ class DataConfig(SpecModel):
     """Folder of a torchvision dataset (needed for those; the emitted code never downloads)."""
     num_classes: PositiveInt | None = None
     """Number of classes (null: the dataset's)."""
+    padding: Literal["zero", "reflect"] = "zero"
+    """How CIFAR, SVHN and STL-10 images are padded by 4 before the random crop."""
+    flip: bool = True
+    """Random horizontal flips in training (never for SVHN)."""
+
+
+Recipe = Literal[
+    "default", "man-cifar", "infopro-cifar", "dgl-cifar", "auglocal-cifar", "mlaan-cifar"
+]
+_PAPERS_CIFAR: dict[str, Any] = {
+    "optimizer": {
+        "name": "sgd",
+        "lr": 0.8,
+        "momentum": 0.9,
+        "nesterov": True,
+        "weight_decay": 1e-4,
+    },
+    "optimizer_scope": "global",
+    "schedule": {"name": "cosine", "warmup_epochs": 10, "warmup_start_lr": 0.01},
+    "epochs": 400,
+    "batch_size": 1024,
+    "data": {"padding": "reflect", "flip": True},
+}
+RECIPES: dict[str, dict[str, Any]] = {
+    "default": {},
+    "man-cifar": _PAPERS_CIFAR,
+    "auglocal-cifar": _PAPERS_CIFAR,
+    "mlaan-cifar": _PAPERS_CIFAR,
+    "infopro-cifar": {**_PAPERS_CIFAR, "epochs": 160},
+    "dgl-cifar": {
+        "optimizer": {
+            "name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": False, "weight_decay": 5e-4
+        },
+        "optimizer_scope": "block",
+        "schedule": {"name": "step", "warmup_epochs": 0, "step_size": 15, "gamma": 0.2},
+        "epochs": 50,
+        "batch_size": 128,
+        "data": {"padding": "zero", "flip": True},
+    },
+}  # fmt: skip
+"""The training settings of each paper's CIFAR code (`training_configurations` of InfoPro's,
+MAN's, MAN++'s, AugLocal's and MLAAN's `train.py`; DGL's `cifar_dgl.py`)."""
+
+
+def _merged(recipe: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """`given` over `recipe`, section by section: every key the spec sets wins."""
+    out = dict(recipe)
+    for key, value in given.items():
+        inner = out.get(key)
+        out[key] = (
+            _merged(inner, value) if isinstance(inner, dict) and isinstance(value, dict) else value
+        )
+    return out
 
 
 class TrainingSection(SpecModel):
     """How the generated `train.py` trains the blocks."""
+
+    recipe: Recipe = "default"
+    """A paper's CIFAR training settings by name (`man-cifar`, `infopro-cifar`, `dgl-cifar`,
+    `auglocal-cifar`, `mlaan-cifar`; `default`: splitter's), under every key set here."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _recipe(cls, data: object) -> object:
+        if not isinstance(data, dict) or data.get("recipe", "default") not in RECIPES:
+            return data
+        return _merged(RECIPES[str(data.get("recipe", "default"))], data)
 
     loss: str = "cross_entropy"
     """The task loss: `cross_entropy`, or `file.py:function` taking (output, target)."""

@@ -14,6 +14,7 @@ from typing import Any
 import jinja2
 import yaml
 
+from schemas.spec import TrainingSection
 from splitter.analysis.outputs import other_outputs
 from splitter.codegen.auxiliaries import AUX_CLASSES, AuxiliaryViews, aux_config
 from splitter.codegen.modelsource import ModelSource
@@ -269,10 +270,36 @@ class Viewer:
             "title": self.title(),
             "blocks": rows,
             "data": f"`{spec.training.data.name}`",
+            "recipe": recipe_text(spec.training),
             "epochs": spec.training.epochs,
             "torchvision_note": "" if self.source.copied else " and the model",
             "model_note": copied + (" (with the modules it imports)" if self.source.copied else ""),
         }
+
+
+def recipe_text(training: TrainingSection) -> str:
+    """The training settings in force, in a sentence: the recipe's name and what it sets."""
+    o, sc, d = training.optimizer, training.schedule, training.data
+    if o.name == "sgd":
+        opt = f"SGD lr {o.lr:g}, momentum {o.momentum:g}{', Nesterov' if o.nesterov else ''}"
+    else:
+        opt = f"AdamW lr {o.lr:g}, betas {o.betas[0]:g}/{o.betas[1]:g}"
+    warm = ""
+    if sc.warmup_epochs:
+        start = f" from {sc.warmup_start_lr:g}" if sc.warmup_start_lr else ""
+        warm = f"{sc.warmup_epochs}-epoch linear warm-up{start}, then "
+    shape = {
+        "cosine": "cosine annealing",
+        "step": f"x{sc.gamma:g} every {sc.step_size} epochs",
+        "constant": "a constant rate",
+    }[sc.name]
+    scope = "one optimizer" if training.optimizer_scope == "global" else "one optimizer per block"
+    flip = " and flips" if d.flip else ""
+    return (
+        f"`{training.recipe}` ({opt}, weight decay {o.weight_decay:g}, batch "
+        f"{training.batch_size}, {training.epochs} epochs, {warm}{shape}, {scope}; "
+        f"{d.padding}-padded crops{flip} for CIFAR, SVHN and STL-10)"
+    )
 
 
 class _LockDumper(yaml.SafeDumper):

@@ -182,8 +182,12 @@ def load_data(
     num_classes: int | None = None,
     root: str | None = None,
     seed: int = 0,
+    padding: str = "zero",
+    flip: bool = True,
 ) -> Data:
-    """The data set `name` for a model taking samples of `input_shape` and `input_dtype`."""
+    """The data set `name` for a model taking samples of `input_shape` and `input_dtype`;
+    CIFAR, SVHN and STL-10 train on random crops of the image padded by 4 (`padding`: `zero`
+    or `reflect`) and, with `flip`, horizontal flips (never for SVHN's digits)."""
     shape = tuple(input_shape)
     if name == "synthetic":
         return _synthetic(shape, input_dtype, 10 if num_classes is None else num_classes, seed)
@@ -195,7 +199,9 @@ def load_data(
             f"{str(input_dtype).removeprefix('torch.')}; use `--data synthetic`"
         )
     data = (
-        _digits(shape, input_dtype) if name == "digits" else _vision(name, shape, input_dtype, root)
+        _digits(shape, input_dtype)
+        if name == "digits"
+        else _vision(name, shape, input_dtype, root, (padding, flip))
     )
     if num_classes is not None and num_classes < data.num_classes:
         raise DataError(
@@ -254,7 +260,13 @@ def _resize(x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
 # ---------------------------------------------------------------- torchvision
 
 
-def _vision(name: str, shape: tuple[int, ...], dtype: torch.dtype, root: str | None) -> Data:
+def _vision(
+    name: str,
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+    root: str | None,
+    augment: tuple[str, bool] = ("zero", True),
+) -> Data:
     """A torchvision data set read from `root`; never downloaded."""
     if root is None:
         raise DataError(
@@ -267,7 +279,7 @@ def _vision(name: str, shape: tuple[int, ...], dtype: torch.dtype, root: str | N
     mean, std = MEAN_STD[name] if c == 3 else (_grey(MEAN_STD[name][0]), _grey(MEAN_STD[name][1]))
     root = os.path.expanduser(root)
     try:
-        train = _open_set(name, root, True, _transform(name, c, h, w, True, mean, std))
+        train = _open_set(name, root, True, _transform(name, c, h, w, True, mean, std, augment))
         test = _open_set(name, root, False, _transform(name, c, h, w, False, mean, std))
     except (RuntimeError, FileNotFoundError) as e:
         raise DataError(f"`{name}` was not found in {root}: expected {LAYOUT[name]}") from e
@@ -298,7 +310,14 @@ def _open_set(name: str, root: str, train: bool, tf: Callable[[Any], torch.Tenso
 
 
 def _transform(
-    name: str, c: int, h: int, w: int, train: bool, mean: tuple[float, ...], std: tuple[float, ...]
+    name: str,
+    c: int,
+    h: int,
+    w: int,
+    train: bool,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    augment: tuple[str, bool] = ("zero", True),
 ) -> Callable[[Any], torch.Tensor]:
     """PIL image to a normalised (C, H, W) tensor, with the set's usual augmentation in training."""
     import torchvision  # type: ignore[import-untyped, unused-ignore]
@@ -310,8 +329,9 @@ def _transform(
         steps = [T.Resize(int(h * 256 / 224)), T.CenterCrop((h, w))]
     else:
         side = 96 if name == "stl10" else 32
-        steps = [T.RandomCrop(side, padding=4)] if train else []
-        steps += [T.RandomHorizontalFlip()] if train and name != "svhn" else []
+        mode = "constant" if augment[0] == "zero" else augment[0]
+        steps = [T.RandomCrop(side, padding=4, padding_mode=mode)] if train else []
+        steps += [T.RandomHorizontalFlip()] if train and augment[1] and name != "svhn" else []
         steps += [T.Resize((h, w))] if (h, w) != (side, side) else []
     if c == 1:
         steps.insert(0, T.Grayscale(1))

@@ -31,12 +31,18 @@ def trainable(*modules: nn.Module) -> list[nn.Parameter]:
     return list({id(p): p for p in params}.values())
 
 
-def lr_factor(schedule: dict[str, Any], step: int, total: int, steps_per_epoch: int) -> float:
-    """The multiple of the base learning rate at `step` of `total`: a linear warm-up over
-    `warmup_epochs`, then cosine annealing to 0, step decay, or constant."""
+def lr_factor(
+    schedule: dict[str, Any], step: int, total: int, steps_per_epoch: int, lr: float = 1.0
+) -> float:
+    """The multiple of the base learning rate `lr` at `step` of `total`: a linear warm-up over
+    `warmup_epochs` from `warmup_start_lr` (0: from nothing), then cosine annealing to 0, step
+    decay, or constant."""
     warmup = min(int(schedule["warmup_epochs"]) * steps_per_epoch, total - 1)
     if step < warmup:
-        return (step + 1) / (warmup + 1)
+        start = float(schedule.get("warmup_start_lr", 0.0)) / lr
+        if start == 0:
+            return (step + 1) / (warmup + 1)
+        return start + (1 - start) * step / warmup  # the start lr exactly at the first step
     if schedule["name"] == "cosine":
         return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
     if schedule["name"] == "step":

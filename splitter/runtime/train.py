@@ -130,6 +130,8 @@ def load_dataset(args: argparse.Namespace, num_classes: int) -> data.Data:
         num_classes=TRAINING["data"]["num_classes"]
         or (num_classes if args.data == "synthetic" else None),
         root=args.data_root,
+        padding=TRAINING["data"].get("padding", "zero"),
+        flip=TRAINING["data"].get("flip", True),
         seed=args.seed,
     )
     if dataset.num_classes > num_classes:
@@ -186,8 +188,8 @@ def prepare(args: argparse.Namespace) -> tuple[Step, Placement]:
     total = args.steps if args.steps is not None else args.epochs * per_epoch
 
     def lr(step: int) -> float:
-        factor = optim.lr_factor(TRAINING["schedule"], step, total, per_epoch)
-        return float(TRAINING["optimizer"]["lr"] * factor)
+        base = TRAINING["optimizer"]["lr"]
+        return float(base * optim.lr_factor(TRAINING["schedule"], step, total, per_epoch, base))
 
     trained = [parts.model] if args.mode == "e2e" else [module for module, _ in moved]
     tensors = [t for m in trained for t in itertools.chain(m.parameters(), m.buffers())]
