@@ -46,6 +46,7 @@ class Net(nn.Module):
         x = x.permute(1, 0, 2)
         x = self.mid(x)
         x = x.permute(1, 0, 2)
+        x = x.reshape(x.shape[0], -1, 16)
         if self.training:
             x = self.drop(x)
         return self.head(x.mean(1))
@@ -109,6 +110,10 @@ def test_calls_read_as_the_model_writes_them(attention: Path) -> None:
     assert re.search(r"= x\.permute\(1, 0, 2\)  # \(6, B, 16\)", text)
     assert "= self.mid(x)  # (6, B, 16)" in text  # a Sequential called whole
     assert "x = x + " in text
+    # sizes hold no memory: named for what they are, never deleted, never taking a tensor's name
+    size = re.search(r"x = x.reshape\((getitem_\d), -1, 16\)", text)
+    assert "shape = x.shape\n" in text and size
+    assert not re.search(rf"del .*\b(shape|{size.group(1)})\b", text)
 
 
 def test_one_forward_where_the_modes_agree_and_a_dispatch_where_they_differ(

@@ -31,7 +31,8 @@ def folded(graph: fx.Graph, model: nn.Module) -> fx.Graph:
     outermost calls first."""
     nodes = list(graph.nodes)
     by_origin = {str(n.meta.get(ORIGIN_KEY, n.name)): n for n in nodes}
-    calls = sorted(_calls(nodes), key=lambda c: -len(c.nodes))
+    # outermost first: the larger call, or of two making the same nodes, the shorter path
+    calls = sorted(_calls(nodes), key=lambda c: (-len(c.nodes), c.path.count(".")))
     gone: set[fx.Node] = set()
     folds: dict[fx.Node, ModuleCall] = {}
     for call in calls:

@@ -95,7 +95,15 @@ class _Writer:
             if n.op == "call_function" and not _special(n.target)
         }
         taken = set(GLOBALS) | {h.split(".")[0].split("(")[0] for h in self.heads.values()}
-        self.names = _names(self.nodes, taken)
+        self.sizes = _sizes(self.nodes)
+        self.skipped = {n for n in self.sizes if not n.users}  # nothing uses them
+        self.position = {n: i for i, n in enumerate(self.nodes)}
+        self.last = {  # where each value is used last
+            n: max(self.position[u] for u in users)
+            for n in self.nodes
+            if (users := [u for u in n.users if u not in self.skipped])
+        }
+        self.names = _names(self.nodes, taken, self.sizes, self.last)
 
     def parameters(self) -> list[str]:
         found = []
@@ -117,17 +125,16 @@ class _Writer:
         return ""
 
     def lines(self) -> Iterator[str]:
-        position = {n: i for i, n in enumerate(self.nodes)}
-        last = {n: max(position[u] for u in n.users) for n in self.nodes if n.users}
+        position, last = self.position, self.last
         for node in self.nodes:
             if node.op == "output":
                 yield f"return {self.value(node.args[0])}"
-            elif node.op not in ("placeholder", "get_attr"):
+            elif node.op not in ("placeholder", "get_attr") and node not in self.skipped:
                 yield from self.statement(node, self.shapes(node))
                 dying = [
                     self.names[a]
                     for a in dict.fromkeys(node.all_input_nodes)
-                    if a.op != "get_attr" and last.get(a) == position[node]
+                    if a.op != "get_attr" and a not in self.sizes and last.get(a) == position[node]
                 ]
                 freed = [d for d in dying if d != self.names.get(node)]
                 if freed:
@@ -215,12 +222,35 @@ def _attribute(name: object) -> bool:
     return isinstance(name, str) and name.isidentifier() and not keyword.iskeyword(name)
 
 
-def _names(nodes: list[fx.Node], taken: set[str]) -> dict[fx.Node, str]:
-    """A variable per value. A value takes over an argument that dies with it, preferring the
-    block's input (`x = self.conv1(x)`); a chain of such values that does not start at an
-    input is called `h`; a value on its own keeps its node's name (`shape` for `x.shape`)."""
+_SIZE_ATTRIBUTES = frozenset({"shape", "dtype", "device", "ndim", "is_cuda", "requires_grad"})
+_SIZE_METHODS = frozenset({"size", "dim", "numel", "stride", "nelement", "element_size"})
+
+
+def _sizes(nodes: list[fx.Node]) -> set[fx.Node]:
+    """Values that hold no tensor: sizes, dtypes and arithmetic or comparisons on them
+    (`x.shape[0] // 16`). They are never freed (they hold no memory), never take a tensor's
+    name, and are not written where nothing uses them."""
+    found: set[fx.Node] = set()
+    for node in nodes:
+        target, inputs = node.target, node.all_input_nodes
+        function = node.op == "call_function"
+        size = (function and target is getattr and node.args[1] in _SIZE_ATTRIBUTES) or (
+            node.op == "call_method" and target in _SIZE_METHODS
+        )
+        derived = function and _special(target) and inputs and all(a in found for a in inputs)
+        if size or derived:
+            found.add(node)
+    return found
+
+
+def _names(
+    nodes: list[fx.Node], taken: set[str], sizes: set[fx.Node], last: dict[fx.Node, int]
+) -> dict[fx.Node, str]:
+    """A variable per value. A tensor takes over a tensor argument that dies with it,
+    preferring the block's input (`x = self.conv1(x)`); a chain of such values that does not
+    start at an input is called `h`; a value on its own keeps its node's name (`shape` for
+    `x.shape`)."""
     position = {n: i for i, n in enumerate(nodes)}
-    last = {n: max(position[u] for u in n.users) for n in nodes if n.users}
     head: dict[fx.Node, fx.Node] = {}
     for node in nodes:
         if node.op in ("output", "get_attr") or (node.op != "placeholder" and not node.users):
@@ -230,6 +260,8 @@ def _names(nodes: list[fx.Node], taken: set[str]) -> dict[fx.Node, str]:
             for a in node.all_input_nodes
             if a.op != "get_attr" and last.get(a) == position[node] and a in head
         ]
+        if node in sizes or any(a in sizes for a in dying):
+            dying = [a for a in dying if a not in sizes] if node not in sizes else []
         if node.op == "placeholder" or not dying:
             head[node] = node
             continue
