@@ -15,7 +15,7 @@ from splitter.api import compile_package
 from splitter.errors import SplitterError
 from splitter.frontend.modelref import ModelOptions
 from splitter.package import load_package
-from tests.conftest import EXAMPLES
+from tests.conftest import EXAMPLES, example_package, train_steps
 from tests.test_man_parity import Weights, block0, bn
 
 CUTS = "[layer1.2, layer2.1, layer3.0]"
@@ -26,16 +26,7 @@ AUXDGL_ORIGINAL = [635_146, 637_194, 641_290]
 
 
 def package(tmp_path: Path, variant: str) -> Path:
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(
-        "version: 1\n"
-        f"model: {{ref: {EXAMPLES / 'resnet_cifar' / 'model.py'}}}\n"
-        f"partition: {{cuts: {CUTS}}}\n"
-        f"aux: {{default: {{kind: conv, variant: {variant}}}}}\n"
-    )
-    out = tmp_path / "pkg"
-    compile_package(None, str(spec), ModelOptions(), out=str(out))
-    return out
+    return example_package(tmp_path, aux=f"{{default: {{kind: conv, variant: {variant}}}}}")
 
 
 @pytest.mark.parametrize(
@@ -63,7 +54,9 @@ def mlp_sr(h: torch.Tensor, w: Weights, size: int) -> torch.Tensor:
         out = F.relu(bn(F.conv2d(out, w[f"head.convs.{i}.0.weight"]), w, f"head.convs.{i}.1"))
     out = F.adaptive_avg_pool2d(out, (2, 2)).flatten(1)
     for i in range(3):
-        linear = F.linear(out, w[f"head.classifier.{3 * i}.weight"], w[f"head.classifier.{3 * i}.bias"])
+        linear = F.linear(
+            out, w[f"head.classifier.{3 * i}.weight"], w[f"head.classifier.{3 * i}.bias"]
+        )
         out = F.relu(bn(linear, w, f"head.classifier.{3 * i + 1}"))
     return F.linear(out, w["head.classifier.9.weight"], w["head.classifier.9.bias"])
 
@@ -90,28 +83,23 @@ def test_block0_with_mlp_sr_computes_dgls_loss_and_gradients(tmp_path: Path) -> 
 
 def test_a_momentum_auxiliary_takes_the_auxdgl_head_and_trains(tmp_path: Path) -> None:
     """DGL+MAN++: MAN++'s momentum copy of the next unit under its DGL head."""
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(
-        "version: 1\n"
-        f"model: {{ref: {EXAMPLES / 'resnet_cifar' / 'model.py'}}}\n"
-        f"partition: {{cuts: {CUTS}}}\n"
-        "aux: {default: {kind: momentum, head: {kind: conv, variant: auxdgl}}}\n"
-    )
-    out = tmp_path / "pkg"
-    compile_package(None, str(spec), ModelOptions(), out=str(out))
+    head = "{kind: conv, variant: auxdgl}"
+    out = example_package(tmp_path, aux=f"{{default: {{kind: momentum, head: {head}}}}}")
     assert 'dgl_head("auxdgl", (16, 32, 32), num_classes)' in (out / "blocks.py").read_text()
     with load_package(out) as train:
-        metrics = train.train(["--data", "synthetic", "--steps", "2", "--batch-size", "8",
-                               "--eval-batches", "1", "--out", str(tmp_path / "run")])
+        metrics = train_steps(train, tmp_path / "run", 2)
     assert len(metrics["block_losses"]) == 4
 
 
 def test_token_sequences_are_refused_with_the_fix(tmp_path: Path) -> None:
     spec = tmp_path / "spec.yaml"
     spec.write_text(
-        "version: 1\npartition: {cuts: [blocks.1]}\n"
-        "aux: {default: {kind: conv, variant: mlp-sr}}\n"
+        "version: 1\npartition: {cuts: [blocks.1]}\naux: {default: {kind: conv, variant: mlp-sr}}\n"
     )
     with pytest.raises(SplitterError, match=r"takes image maps \(NCHW\).*`variant: default`"):
-        compile_package(str(EXAMPLES / "tiny_vit" / "model.py"), str(spec), ModelOptions(),
-                        out=str(tmp_path / "pkg"))
+        compile_package(
+            str(EXAMPLES / "tiny_vit" / "model.py"),
+            str(spec),
+            ModelOptions(),
+            out=str(tmp_path / "pkg"),
+        )

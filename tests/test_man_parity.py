@@ -12,26 +12,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from splitter.api import compile_package
-from splitter.frontend.modelref import ModelOptions
 from splitter.package import load_package
-from tests.conftest import EXAMPLES
+from tests.conftest import example_package
 
 Weights = dict[str, torch.Tensor]
 DECAY = 0.995
 
 
 def package(tmp_path: Path, learnable: bool) -> Path:
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(
-        "version: 1\n"
-        f"model: {{ref: {EXAMPLES / 'resnet_cifar' / 'model.py'}}}\n"
-        "partition: {cuts: [layer1.2, layer2.1, layer3.0]}\n"
-        f"aux: {{default: {{kind: momentum, learnable_scale: {str(learnable).lower()}}}}}\n"
+    learn = str(learnable).lower()
+    return example_package(
+        tmp_path, aux=f"{{default: {{kind: momentum, learnable_scale: {learn}}}}}"
     )
-    out = tmp_path / "pkg"
-    compile_package(None, str(spec), ModelOptions(), out=str(out))
-    return out
 
 
 # ---------------------------------------------------------------- the reference
@@ -118,13 +110,9 @@ def run_both(out: Path, closing: bool = True) -> tuple[dict[str, float], Any]:
         if learnable:
             found["s"] = relative(aux.scale.grad, s.grad)
         source = dict(parts.model.named_parameters())
-        expected = {
-            k: DECAY * v + (1 - DECAY) * source[k].detach() for k, v in w["ema"].items()
-        }
+        expected = {k: DECAY * v + (1 - DECAY) * source[k].detach() for k, v in w["ema"].items()}
         aux.after_backward()
-        ema_error = max(
-            float((p - expected[k]).abs().max()) for k, p in aux.ema.named_parameters()
-        )
+        ema_error = max(float((p - expected[k]).abs().max()) for k, p in aux.ema.named_parameters())
         return found, (ema_error, aux)
 
 
@@ -159,5 +147,7 @@ def test_fresh_copies_start_from_the_papers_init(tmp_path: Path) -> None:
         assert abs(float(conv.weight.detach().std()) - (2 / (9 * 16)) ** 0.5) < 0.02
         norm = copy_.get_submodule("layer1.3.bn1")
         assert torch.equal(norm.weight, torch.ones(16)) and torch.equal(norm.bias, torch.zeros(16))
-    assert not torch.equal(aux.lb.get_submodule("layer1.3.conv1").weight,
-                           aux.ema.get_submodule("layer1.3.conv1").weight)
+    assert not torch.equal(
+        aux.lb.get_submodule("layer1.3.conv1").weight,
+        aux.ema.get_submodule("layer1.3.conv1").weight,
+    )

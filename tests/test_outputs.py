@@ -1,4 +1,4 @@
-"""Every output trains or the user is told: a two-output CNN's second head and `task.aux_outputs`."""
+"""Every output trains or the user is told: a two-output CNN's second head, `task.aux_outputs`."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from splitter.errors import SplitterError
 from splitter.frontend.modelref import ModelOptions
 from splitter.package import load_package
 from splitter.transform.verify import verify_plan
+from tests.conftest import train_steps
 
 MODEL = '''
 import torch
@@ -60,8 +61,7 @@ def trained_aux_head(tmp_path: Path, task: str = "") -> tuple[torch.Tensor, torc
     with load_package(out) as train:
         before = train.build(0).model.aux_head.weight.detach().clone()
         export = tmp_path / "w.pt"
-        train.train(["--data", "synthetic", "--steps", "3", "--batch-size", "8",
-                     "--eval-batches", "1", "--out", str(tmp_path / "run"), "--export", str(export)])
+        train_steps(train, tmp_path / "run", 3, "--export", str(export))
     return before, torch.load(export, weights_only=True)["aux_head.weight"]
 
 
@@ -75,9 +75,13 @@ def test_the_second_output_trains_at_the_default_weight(tmp_path: Path) -> None:
 def test_a_zero_weight_leaves_it_untrained_and_says_so(tmp_path: Path) -> None:
     before, after = trained_aux_head(tmp_path, "task: {aux_outputs: {1: 0}}\n")
     assert torch.equal(before, after)
-    plan = api.plan(str(tmp_path / "two.py"), spec(tmp_path, "task: {aux_outputs: {1: 0}}\n"), OPTIONS)
-    assert any("output `1` is not trained" in w and "`aux_head.weight`" in w
-               for w in plan.analysis.model.warnings)
+    plan = api.plan(
+        str(tmp_path / "two.py"), spec(tmp_path, "task: {aux_outputs: {1: 0}}\n"), OPTIONS
+    )
+    assert any(
+        "output `1` is not trained" in w and "`aux_head.weight`" in w
+        for w in plan.analysis.model.warnings
+    )
     checked = verify_plan(plan)
     assert "aux_head.weight" in checked.untrained and "aux_head.bias" in checked.untrained
     default = verify_plan(api.plan(str(tmp_path / "two.py"), spec(tmp_path), OPTIONS))
@@ -85,13 +89,22 @@ def test_a_zero_weight_leaves_it_untrained_and_says_so(tmp_path: Path) -> None:
 
 
 def test_the_warning_reaches_verify_and_compile(cli: CliRunner, tmp_path: Path) -> None:
-    args = [str(tmp_path / "two.py"), spec(tmp_path, "task: {aux_outputs: {1: 0}}\n"),
-            "--input-shape", "3,8,8"]
+    args = [
+        str(tmp_path / "two.py"),
+        spec(tmp_path, "task: {aux_outputs: {1: 0}}\n"),
+        "--input-shape",
+        "3,8,8",
+    ]
     for command in (["verify"], ["compile", "-o", str(tmp_path / "pkg")]):
         result = cli.invoke(app, [*command, *args])
         assert "output `1` is not trained" in result.output, result.output
 
 
 def test_an_output_the_model_does_not_return_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(SplitterError, match=r"line 4, column 27: the model returns nothing at `aux`; use one of `0`, `1`"):
-        api.plan(str(tmp_path / "two.py"), spec(tmp_path, "task: {aux_outputs: {aux: 0.3}}\n"), OPTIONS)
+    with pytest.raises(
+        SplitterError,
+        match=r"line 4, column 27: the model returns nothing at `aux`; use one of `0`, `1`",
+    ):
+        api.plan(
+            str(tmp_path / "two.py"), spec(tmp_path, "task: {aux_outputs: {aux: 0.3}}\n"), OPTIONS
+        )

@@ -10,11 +10,9 @@ import yaml
 
 from schemas import parse_spec
 from schemas.spec import RECIPES
-from splitter.api import compile_package
-from splitter.frontend.modelref import ModelOptions
 from splitter.package import load_package
 from splitter.runtime import data, optim
-from tests.conftest import EXAMPLES
+from tests.conftest import example_package, train_steps
 
 
 def training(text: str) -> dict[str, object]:
@@ -52,8 +50,9 @@ def test_the_schedules_follow_the_papers() -> None:
     per_epoch, total = 10, 4000
 
     def lr(schedule: dict[str, object], base: float, step: int) -> float:
-        return base * optim.lr_factor({"step_size": 30, "gamma": 0.1, **schedule}, step, total,
-                                      per_epoch, base)
+        return base * optim.lr_factor(
+            {"step_size": 30, "gamma": 0.1, **schedule}, step, total, per_epoch, base
+        )
 
     assert lr(man, 0.8, 0) == pytest.approx(0.01)  # the warm-up starts at 0.01
     assert lr(man, 0.8, 50) == pytest.approx(0.01 + (0.8 - 0.01) * 0.5)
@@ -76,20 +75,11 @@ def test_cifar_augmentation_pads_and_flips_as_set(padding: str, flip: bool) -> N
 
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
 def test_each_recipe_compiles_says_so_and_trains(recipe: str, tmp_path: Path) -> None:
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(
-        "version: 1\n"
-        f"model: {{ref: {EXAMPLES / 'resnet_cifar' / 'model.py'}}}\n"
-        "partition: {cuts: [layer1.2, layer2.1, layer3.0]}\n"
-        f"training: {{recipe: {recipe}}}\n"
-    )
-    out = tmp_path / "pkg"
-    compile_package(None, str(spec), ModelOptions(), out=str(out))
+    out = example_package(tmp_path, training=f"{{recipe: {recipe}}}")
     assert f"Training recipe: `{recipe}` (SGD lr" in (out / "README.md").read_text()
     lock = yaml.safe_load((out / "spec.lock.yaml").read_text())
     assert lock["training"]["recipe"] == recipe
     assert lock["training"]["epochs"] == RECIPES[recipe].get("epochs", 10)
     with load_package(out) as train:
-        metrics = train.train(["--data", "synthetic", "--steps", "2", "--batch-size", "8",
-                               "--eval-batches", "1", "--out", str(tmp_path / "run")])
+        metrics = train_steps(train, tmp_path / "run", 2)
     assert all(math.isfinite(v) for v in metrics["block_losses"])

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 import torch
@@ -64,8 +67,18 @@ def compiled(tmp_path: Path, policy: str) -> Path:
     )
     out = tmp_path / "pkg"
     options = ModelOptions(input_shape=(6,), input_dtype="int64", batch_size=2)
-    compile_package(str(tmp_path / "decoder.py"), str(tmp_path / "spec.yaml"), options, out=str(out))
+    compile_package(
+        str(tmp_path / "decoder.py"), str(tmp_path / "spec.yaml"), options, out=str(out)
+    )
     return out
+
+
+@contextmanager
+def prepared(tmp_path: Path, policy: str) -> Iterator[tuple[ModuleType, Any]]:
+    """The package compiled with `policy`, and a step ready to run on synthetic batches of 8."""
+    with load_package(compiled(tmp_path, policy)) as train:
+        step, _ = train.prepare(train.parse_args(["--data", "synthetic", "--batch-size", "8"]))
+        yield train, step
 
 
 def trained(train: ModuleType, tmp_path: Path) -> dict[str, torch.Tensor]:
@@ -90,10 +103,7 @@ def test_a_tied_decoder_trains_and_exports_with_the_tie(policy: str, tmp_path: P
 def test_sync_sums_the_gradients_of_every_block_that_uses_it(tmp_path: Path) -> None:
     """One local step under the global optimizer: at the update, the shared tensor's
     gradient is block 0's local-loss gradient plus block 2's task-loss gradient."""
-    out = compiled(tmp_path, "sync")
-    with load_package(out) as train:
-        args = train.parse_args(["--data", "synthetic", "--batch-size", "8"])
-        step, _ = train.prepare(args)
+    with prepared(tmp_path, "sync") as (train, step):
         blocks, auxiliaries = step.parts.blocks, step.parts.auxiliaries
         shared = blocks[0].wte.weight
         assert shared is blocks[2].lm_head.weight and len(step.optimizers) == 1
@@ -115,10 +125,7 @@ def test_sync_sums_the_gradients_of_every_block_that_uses_it(tmp_path: Path) -> 
 
 
 def test_owner_trains_it_in_its_block_and_later_blocks_read_it(tmp_path: Path) -> None:
-    out = compiled(tmp_path, "owner")
-    with load_package(out) as train:
-        args = train.parse_args(["--data", "synthetic", "--batch-size", "8"])
-        step, _ = train.prepare(args)
+    with prepared(tmp_path, "owner") as (train, step):
         first, last = step.parts.blocks[0], step.parts.blocks[-1]
         assert "lm_head.weight" not in dict(last.named_parameters())
         assert last.lm_head.weight.data_ptr() == first.wte.weight.data_ptr()
@@ -130,10 +137,7 @@ def test_owner_trains_it_in_its_block_and_later_blocks_read_it(tmp_path: Path) -
 
 
 def test_replicate_gives_later_blocks_their_own_copy(tmp_path: Path) -> None:
-    out = compiled(tmp_path, "replicate")
-    with load_package(out) as train:
-        args = train.parse_args(["--data", "synthetic", "--batch-size", "8"])
-        step, _ = train.prepare(args)
+    with prepared(tmp_path, "replicate") as (train, step):
         first, last = step.parts.blocks[0], step.parts.blocks[-1]
         copy = dict(last.named_parameters())["lm_head.weight"]
         assert copy is not first.wte.weight and torch.equal(copy, first.wte.weight)
