@@ -20,6 +20,7 @@ from pydantic import (
 
 from schemas.auxiliary import AuxConfig, MomentumAux
 from schemas.base import SpecModel, rule
+from schemas.papers import TABLES, Paper, paper_cuts
 from schemas.size import SIZE_PATTERN, parse_size
 
 Dtype = Literal["float32", "float64", "float16", "bfloat16", "int64", "int32", "uint8", "bool"]
@@ -123,18 +124,51 @@ class AutoPartition(SpecModel):
         return self
 
 
+class PaperSplit(SpecModel):
+    """A paper's published split of a CIFAR ResNet (its repository's table)."""
+
+    name: Paper
+    """`infopro` (InfoPro's table; its "K=16" makes the stem a module), `infopro*` (InfoPro's
+    memory-balanced ResNet-110 splits), `man` (MAN's lists: InfoPro's without the stem module,
+    so "K=16" is 15 blocks) or `man++` (MAN's with the stem module back)."""
+    k: PositiveInt
+    """The K the paper names, as published (`man`'s K=16 gives 15 blocks)."""
+    depth: Literal[32, 110] = 32
+    """The CIFAR ResNet the table is for: 32 or 110."""
+
+
 class PartitionSection(SpecModel):
-    """Where the model is cut into blocks: by hand (`cuts`) or computed (`auto`), not both."""
+    """Where the model is cut into blocks: by hand (`cuts`), computed (`auto`) or as a paper
+    published (`paper`), one of them."""
 
     cuts: list[str] | None = Field(default=None, json_schema_extra={"minItems": 1})
     """The cut points, by module FQN or cut name, in order; K-1 cuts make K blocks.
     `splitter inspect` lists the legal ones."""
     auto: AutoPartition | None = None
     """Compute the cuts instead, e.g. `{blocks: 4}` or `{budget: 8GiB}`."""
+    paper: PaperSplit | None = None
+    """A paper's cuts for CIFAR ResNet-32/110, e.g. `{name: man, k: 16}`: they become `cuts`."""
     shared_params: Literal["error", "replicate", "owner", "sync"] = "error"
     """Parameters used by several blocks: `error`, `replicate` (independent copies), `owner` (the
     first block owns it, others see it detached) or `sync` (gradients summed; needs
     `training.optimizer_scope: global`)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _paper_cuts(cls, data: object) -> object:
+        """`paper` resolved to its table's cuts (when neither `cuts` nor `auto` is given)."""
+        if not isinstance(data, dict) or not isinstance(data.get("paper"), dict):
+            return data
+        paper = data["paper"]
+        name, k, depth = paper.get("name"), paper.get("k"), paper.get("depth", 32)
+        if "cuts" in data or "auto" in data:
+            raise rule("`partition` gives `paper` and `cuts` or `auto`; keep one", at="paper")
+        if name not in TABLES or type(k) is not int or depth not in (32, 110):
+            return data  # the field's own validation names the problem
+        try:
+            return {**data, "cuts": paper_cuts(name, k, depth)}
+        except ValueError as error:
+            raise rule(str(error), at="paper") from None
 
     @model_validator(mode="after")
     def _one_way(self) -> Self:

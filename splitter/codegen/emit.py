@@ -218,8 +218,10 @@ class Viewer:
         }
         spec["package"] = self._package(version)
         text = yaml.dump(spec, Dumper=_LockDumper, sort_keys=False, width=100)
-        asked = self.plan.spec.spec.partition.auto
+        asked, paper = self.plan.spec.spec.partition.auto, self.plan.spec.spec.partition.paper
         note = f"# cuts computed by `auto: {json.dumps(asked.model_dump())}`\n" if asked else ""
+        if paper is not None:
+            note = f"# cuts from `paper: {json.dumps(paper.model_dump())}`\n"
         return f"{top}\n# The resolved split spec of this package; train.py reads it.\n{note}{text}"
 
     def _loss_weights(self) -> dict[str, Any]:
