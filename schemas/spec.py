@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal, Self, get_args
 
 from pydantic import (
     AfterValidator,
@@ -21,6 +21,8 @@ from pydantic import (
 from schemas.auxiliary import AuxConfig, MomentumAux
 from schemas.base import SpecModel, rule
 from schemas.papers import TABLES, Paper, paper_cuts
+from schemas.presets import Preset, blocks_asked, expand, merged
+from schemas.recipes import RECIPES, Recipe
 from schemas.size import SIZE_PATTERN, parse_size
 
 Dtype = Literal["float32", "float64", "float16", "bfloat16", "int64", "int32", "uint8", "bool"]
@@ -195,6 +197,13 @@ class PartitionSection(SpecModel):
 class AuxSection(SpecModel):
     """The auxiliary network of each block but the last, which trains on the task loss."""
 
+    preset: Preset | None = None
+    """A paper's auxiliary by name, expanded into `default` under the keys `default` sets:
+    `man` (= `infopro+man`: MAN's momentum copies, s fixed at 1, under InfoPro's `2c2f` heads
+    with cross entropy and MAN's stage weights), `man++` (the same with s learned), `infopro`
+    (InfoPro's decoder and `1c2f` classifier under SupCon, its lambdas for ResNet-32 at K = 2,
+    4, 8, 16), `dgl` (`conv` with `variant: mlp-sr`), `dgl+man++` (momentum copies under
+    MAN++'s DGL head), `auglocal` (`augmented`), `mlaan` (`mlaan`)."""
     default: AuxConfig = MomentumAux()
     """The auxiliary for blocks 0..K-2, e.g. `{kind: momentum}` or `{kind: conv, width: 64}`."""
     blocks: dict[NonNegativeInt, AuxConfig] = Field(
@@ -256,55 +265,6 @@ class DataConfig(SpecModel):
     """Random horizontal flips in training (never for SVHN)."""
 
 
-Recipe = Literal[
-    "default", "man-cifar", "infopro-cifar", "dgl-cifar", "auglocal-cifar", "mlaan-cifar"
-]
-_PAPERS_CIFAR: dict[str, Any] = {
-    "optimizer": {
-        "name": "sgd",
-        "lr": 0.8,
-        "momentum": 0.9,
-        "nesterov": True,
-        "weight_decay": 1e-4,
-    },
-    "optimizer_scope": "global",
-    "schedule": {"name": "cosine", "warmup_epochs": 10, "warmup_start_lr": 0.01},
-    "epochs": 400,
-    "batch_size": 1024,
-    "data": {"padding": "reflect", "flip": True},
-}
-RECIPES: dict[str, dict[str, Any]] = {
-    "default": {},
-    "man-cifar": _PAPERS_CIFAR,
-    "auglocal-cifar": _PAPERS_CIFAR,
-    "mlaan-cifar": _PAPERS_CIFAR,
-    "infopro-cifar": {**_PAPERS_CIFAR, "epochs": 160},
-    "dgl-cifar": {
-        "optimizer": {
-            "name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": False, "weight_decay": 5e-4
-        },
-        "optimizer_scope": "block",
-        "schedule": {"name": "step", "warmup_epochs": 0, "step_size": 15, "gamma": 0.2},
-        "epochs": 50,
-        "batch_size": 128,
-        "data": {"padding": "zero", "flip": True},
-    },
-}  # fmt: skip
-"""The training settings of each paper's CIFAR code (`training_configurations` of InfoPro's,
-MAN's, MAN++'s, AugLocal's and MLAAN's `train.py`; DGL's `cifar_dgl.py`)."""
-
-
-def _merged(recipe: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
-    """`given` over `recipe`, section by section: every key the spec sets wins."""
-    out = dict(recipe)
-    for key, value in given.items():
-        inner = out.get(key)
-        out[key] = (
-            _merged(inner, value) if isinstance(inner, dict) and isinstance(value, dict) else value
-        )
-    return out
-
-
 class TrainingSection(SpecModel):
     """How the generated `train.py` trains the blocks."""
 
@@ -317,7 +277,7 @@ class TrainingSection(SpecModel):
     def _recipe(cls, data: object) -> object:
         if not isinstance(data, dict) or data.get("recipe", "default") not in RECIPES:
             return data
-        return _merged(RECIPES[str(data.get("recipe", "default"))], data)
+        return merged(RECIPES[str(data.get("recipe", "default"))], data)
 
     loss: str = "cross_entropy"
     """The task loss: `cross_entropy`, or `file.py:function` taking (output, target)."""
@@ -370,6 +330,22 @@ class SplitSpec(SpecModel):
     """How the blocks are trained."""
     output: OutputSection = OutputSection()
     """Where the training package is written."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, data: object) -> object:
+        """`aux.preset` expanded into `aux.default` (for the block count the spec gives)."""
+        aux = data.get("aux") if isinstance(data, dict) else None
+        if not isinstance(aux, dict) or aux.get("preset") not in get_args(Preset):
+            return data
+        assert isinstance(data, dict)
+        given = aux.get("default", {})
+        default = (
+            merged(expand(aux["preset"], blocks_asked(data.get("partition"))), given)
+            if isinstance(given, dict)
+            else given
+        )
+        return {**data, "aux": {**aux, "default": default}}
 
     @field_validator("version", mode="before")
     @classmethod

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from schemas import parse_spec
-from schemas.spec import RECIPES
+from schemas.recipes import RECIPES
 from splitter.package import load_package
 from splitter.runtime import data, optim
 from tests.conftest import example_package, train_steps
