@@ -8,7 +8,7 @@ from pydantic import ConfigDict, Field, NonNegativeInt, PositiveInt
 
 from schemas.base import SpecModel
 
-Layout = Literal["auto", "nchw", "nhwc", "nlc", "ncl", "nc"]
+Layout = Literal["auto", "nchw", "nhwc", "nlc", "ncl", "nc", "ncdhw", "ndhwc"]
 
 
 def _kind_required(schema: dict[str, Any]) -> None:
@@ -24,9 +24,11 @@ class _Aux(SpecModel):
     kind: str
     """Selects the auxiliary; each kind narrows it to its own name."""
     layout: Layout = "auto"
-    """How the boundary tensor is laid out: `nchw`, `nhwc` (image maps), `nlc`, `ncl` (token
-    sequences) or `nc` (features). `auto` infers it from the nearest op before the boundary that
-    fixes a layout (conv, Linear, LayerNorm, flatten or transpose)."""
+    """How the boundary tensor is laid out: `nchw`, `nhwc` (image maps), `ncdhw`, `ndhwc`
+    (video maps), `nlc`, `ncl` (token sequences, 1-D signals) or `nc` (features). `auto` infers
+    it from the nearest op that produces or consumes the tensor and fixes where its channels are
+    (conv, batch norm, pooling: first; Linear, LayerNorm: last), through elementwise, residual,
+    reshaping ops and permutes."""
 
 
 class LinearAux(_Aux):

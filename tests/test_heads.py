@@ -6,9 +6,16 @@ import pytest
 import torch
 import torch.fx as fx
 
-from splitter.analysis.layouts import ConvHead, InfoProDecoder, LinearHead, infer_layout
+from splitter.analysis.layouts import (
+    ConvHead,
+    InfoProDecoder,
+    LayoutError,
+    LinearHead,
+    infer_layout,
+)
 from splitter.analysis.model import analyze
 from splitter.frontend.modelref import ModelOptions
+from splitter.runtime.auxiliary import Adapter
 from tests.conftest import EXAMPLES
 
 SHAPES = {
@@ -17,6 +24,8 @@ SHAPES = {
     "ncl": (2, 16, 100),
     "nlc": (2, 100, 16),
     "nc": (2, 16),
+    "ncdhw": (2, 16, 4, 16, 16),
+    "ndhwc": (2, 4, 16, 16, 16),
 }
 
 
@@ -36,6 +45,31 @@ def test_conv_head_strides_while_the_map_is_large() -> None:
     assert head.convs[0].out_channels == 32  # 2C by default
 
 
+def test_conv_head_on_video_maps_strides_each_long_axis_with_conv3d() -> None:
+    head = ConvHead((16, 4, 32, 32), "ncdhw", 10, depth=3)
+    convs = [m for m in head.convs if isinstance(m, torch.nn.Conv3d)]
+    assert [m.stride for m in convs] == [(1, 2, 2), (1, 2, 2), (1, 1, 1)]  # 32 -> 16 -> 8
+    assert not any(isinstance(m, torch.nn.Conv2d) for m in head.modules())
+    channels_last = ConvHead((4, 32, 32, 16), "ndhwc", 10, depth=3)
+    x = torch.randn(2, 16, 4, 32, 32)
+    channels_last.load_state_dict(head.state_dict())
+    head.eval(), channels_last.eval()
+    assert torch.allclose(channels_last(x.movedim(1, -1)), head(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("head", [LinearHead, ConvHead])
+def test_heads_refuse_a_shape_their_layout_cannot_have(head: type) -> None:
+    with pytest.raises(LayoutError, match=r"\[8, 4, 4\] is not `ncdhw`; heads serve nchw, nhwc"):
+        head((8, 4, 4), "ncdhw", 10)
+    with pytest.raises(LayoutError, match=r"heads serve nc, ncl, nlc, nchw, nhwc, ncdhw, ndhwc"):
+        head((8, 2, 4, 2, 4), "ncdhw", 10)
+
+
+def test_adapter_projects_and_pools_video_maps() -> None:
+    adapter = Adapter((8, 4, 16, 16), "ncdhw", (2, 8, 8, 16), "ndhwc")
+    assert adapter(torch.randn(2, 8, 4, 16, 16)).shape == (2, 2, 8, 8, 16)
+
+
 def test_infopro_decoder_reconstructs_the_input_range() -> None:
     decoder = InfoProDecoder((16, 8, 8), "nchw", (3, 32, 32))
     out = decoder(torch.randn(2, 16, 8, 8))
@@ -44,17 +78,41 @@ def test_infopro_decoder_reconstructs_the_input_range() -> None:
         InfoProDecoder((100, 16), "nlc", (3, 32, 32))
 
 
-@pytest.mark.parametrize(("ref", "options", "expected"), [
-    ("torchvision:swin_t", ModelOptions(batch_size=1, input_shape=(3, 64, 64)),
-     {"features.0.0": "nchw", "features.0.1": "nhwc", "features.1.0.add": "nhwc",
-      "permute": "nchw", "flatten": "nc"}),
-    ("torchvision:vit_b_16", ModelOptions(batch_size=1),
-     {"reshape": "ncl", "permute": "nlc", "encoder": "nlc"}),
-    ("torchvision:convnext_tiny", ModelOptions(batch_size=2, input_shape=(3, 32, 32)),
-     {"features.0.1.permute": "nhwc", "features.0.1": "nchw", "classifier.0.layer_norm": "nhwc"}),
-    (str(EXAMPLES / "tiny_vit" / "model.py"), ModelOptions(batch_size=2),
-     {"flatten": "ncl", "transpose": "nlc", "blocks.5": "nlc"}),  # square 64x64: by ops only
-])
+@pytest.mark.parametrize(
+    ("ref", "options", "expected"),
+    [
+        (
+            "torchvision:swin_t",
+            ModelOptions(batch_size=1, input_shape=(3, 64, 64)),
+            {
+                "features.0.0": "nchw",
+                "features.0.1": "nhwc",
+                "features.1.0.add": "nhwc",
+                "permute": "nchw",
+                "flatten": "nc",
+            },
+        ),
+        (
+            "torchvision:vit_b_16",
+            ModelOptions(batch_size=1),
+            {"reshape": "ncl", "permute": "nlc", "encoder": "nlc"},
+        ),
+        (
+            "torchvision:convnext_tiny",
+            ModelOptions(batch_size=2, input_shape=(3, 32, 32)),
+            {
+                "features.0.1.permute": "nhwc",
+                "features.0.1": "nchw",
+                "classifier.0.layer_norm": "nhwc",
+            },
+        ),
+        (
+            str(EXAMPLES / "tiny_vit" / "model.py"),
+            ModelOptions(batch_size=2),
+            {"flatten": "ncl", "transpose": "nlc", "blocks.5": "nlc"},
+        ),  # square 64x64: by ops only
+    ],
+)
 def test_layout_is_inferred_from_the_ops(
     ref: str, options: ModelOptions, expected: dict[str, str]
 ) -> None:

@@ -139,14 +139,12 @@ def test_the_zoo_is_complete() -> None:
     assert len(TORCHVISION) == 80
 
 
-# Not compiled yet: partition fails before emission ("Any model's shape" is the issue).
-NO_PACKAGE = {"twins_pcpvt_small": "an auxiliary takes its token maps for the wrong layout"}
 SHARING = {"coat_lite_tiny"}  # its serial blocks share the `crpe` modules
 
 
 @pytest.mark.filterwarnings("ignore:`.*` has no reset_parameters:UserWarning")
 @pytest.mark.skipif(importlib.util.find_spec("timm") is None, reason="timm not installed")
-@pytest.mark.parametrize("name", [n for n in TIMM if n not in NO_PACKAGE])
+@pytest.mark.parametrize("name", TIMM)
 def test_timm_compiles_to_blocks_that_compute_the_model(name: str, tmp_path: Path) -> None:
     """K = 4 automatic blocks (coat's shared modules replicated); where the rules of
     automatic splits leave fewer than two blocks (crossvit's two branches), up to four blocks
@@ -186,3 +184,50 @@ def test_torchvision_compiles_and_trains_a_step(name: str, tmp_path: Path) -> No
         metrics = train.train([*args, "--out", str(tmp_path / "runs")])
     assert len(metrics["block_losses"]) == blocks
     assert all(math.isfinite(loss) for loss in metrics["block_losses"])
+
+
+# "Any model's shape": layouts read from the graph, not from the rank.
+def partitions_verifies_compiles_and_trains(
+    ref: str, shape: tuple[int, ...], tmp_path: Path
+) -> str:
+    """K = 4 automatic blocks with the default (momentum) auxiliaries: the cuts verify, the
+    package compiles and trains two steps on synthetic data; its blocks.py comes back."""
+    options = ModelOptions(batch_size=2, input_shape=shape)
+    found = partition(ref, blocks=4, options=options)
+    cuts = [c.name for c in found.cuts]
+    verified(found.analysis, json.dumps({"cuts": cuts}))
+    spec, out = tmp_path / "spec.yaml", tmp_path / "pkg"
+    spec.write_text(f"version: 1\npartition: {json.dumps({'cuts': cuts})}\n")
+    compile_package(ref, str(spec), options, out=str(out))
+    args = ["--data", "synthetic", "--steps", "2", "--batch-size", "2", "--eval-batches", "1"]
+    with load_package(out) as train:
+        metrics = train.train([*args, "--no-checkpoint", "--out", str(tmp_path / "runs")])
+    assert len(metrics["block_losses"]) == len(cuts) + 1
+    assert all(math.isfinite(loss) for loss in metrics["block_losses"])
+    return (out / "blocks.py").read_text()
+
+
+def test_video_maps_get_conv3d_heads_r3d_18(tmp_path: Path) -> None:
+    """torchvision's r3d_18 on 8-frame 64x64 clips: its 5-D maps are NCDHW, not features."""
+    blocks = partitions_verifies_compiles_and_trains("torchvision:r3d_18", (3, 8, 64, 64), tmp_path)
+    assert '"ncdhw", num_classes' in blocks
+    assert all(f'"{layout}"' not in blocks for layout in ("nc", "nchw", "ncl", "nlc"))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("timm") is None, reason="timm not installed")
+def test_maps_that_pass_through_tokens_stay_maps_davit_tiny(tmp_path: Path) -> None:
+    """timm's davit_tiny: its blocks flatten NCHW maps to tokens and view them back; the
+    boundaries are NCHW maps, and every head is built for them."""
+    from splitter.analysis.layouts import infer_layout
+
+    blocks = partitions_verifies_compiles_and_trains("timm:davit_tiny", (3, 64, 64), tmp_path)
+    assert '"nchw", num_classes' in blocks
+    assert all(f'"{layout}"' not in blocks for layout in ("nc", "ncl", "nlc", "nhwc"))
+    analysis = analyze("timm:davit_tiny", ModelOptions(batch_size=2, input_shape=(3, 64, 64)))
+    gm = analysis.traced.graph("train")
+    nodes = list(gm.graph.nodes)
+    for cut in analysis.cuts.cuts:  # every map: NHWC only inside the LayerNorm2d permutes
+        if cut.shape is not None and len(cut.shape) == 4:
+            nhwc = cut.name.endswith((".permute", ".layer_norm"))
+            expected = "nhwc" if nhwc else "nchw"
+            assert infer_layout(gm, nodes[cut.index], cut.shape) == expected, cut.name

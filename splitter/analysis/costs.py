@@ -25,6 +25,7 @@ from splitter.analysis.layouts import (
     InfoProDecoder,
     InfoProHead,
     Layout,
+    LayoutError,
     LinearHead,
     infer_layout,
 )
@@ -154,9 +155,7 @@ class CostModel:
         return self._aux[key]
 
     def _aux_cost(self, config: object, k: int, j: int, blocks: int) -> AuxCost:
-        shape = self.shape(j)
-        layout = self.layout(config, j)
-        if isinstance(config, MomentumAux):
+        if isinstance(config, MomentumAux):  # the head is on the copied unit's output
             end = self.first_unit_end(j)
             unit_params = self._sum("param_bytes", j, end)
             head = self._head_cost(config.head, self.shape(end), self.layout(config.head, end))
@@ -172,7 +171,7 @@ class CostModel:
             )
         if isinstance(config, AugmentedAux):
             return self._augmented_cost(config, k, j, blocks)
-        return self._head_cost(config, shape, layout)
+        return self._head_cost(config, self.shape(j), self.layout(config, j))
 
     def _head_cost(self, config: object, shape: tuple[int, ...], layout: Layout) -> AuxCost:
         classes, precision = self.num_classes, self.precision
@@ -236,10 +235,16 @@ class CostModel:
         return shape
 
     def layout(self, config: object, j: int) -> Layout:
+        """The layout at boundary j: the auxiliary's `layout:`, else inferred; a tensor that no
+        layout describes (more than 4 axes after the batch) is Unservable."""
         chosen = getattr(config, "layout", "auto")
-        if chosen != "auto":
-            return cast(Layout, chosen)
-        return infer_layout(self.gm, self.nodes[self.position[j]], self.shape(j))
+        shape = self.shape(j)
+        try:
+            if chosen != "auto":
+                return cast(Layout, chosen)
+            return infer_layout(self.gm, self.nodes[self.position[j]], shape)
+        except LayoutError as e:
+            raise Unservable(str(e)) from None
 
     @property
     def precision(self) -> Precision:
@@ -374,8 +379,11 @@ def _measure(
     assert isinstance(make, partial)
     key = (getattr(make.func, "__name__", ""), (shape[0], *make.args), precision)
     if key not in _MEASURED:
-        with torch.device("meta"):
-            head = make()
+        try:
+            with torch.device("meta"):
+                head = make()
+        except LayoutError as e:  # `layout:` set to one this boundary's rank cannot have
+            raise Unservable(str(e)) from None
         head = head.to_empty(device="cpu")
         gm = trace(head).graph("train")
         annotate(gm, InputSpec(shape[1:], torch.float32), shape[0], precision)

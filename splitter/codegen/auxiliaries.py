@@ -9,22 +9,27 @@ from typing import Any, cast
 from schemas.auxiliary import AugmentedAux, ConvAux, InfoProAux, LinearAux, MlaanAux, MomentumAux
 from splitter.analysis.costs import CostModel, augmented_units
 from splitter.analysis.lambdas import loss_weights
-from splitter.analysis.layouts import InfoProDecoder, Layout, default_layout, infer_layout
+from splitter.analysis.layouts import (
+    InfoProDecoder,
+    Layout,
+    LayoutError,
+    default_layout,
+    infer_layout,
+)
 from splitter.codegen.source import Imports, ModuleSource, ShapeText, module_source
 from splitter.errors import AuxiliaryError
 from splitter.partitioning.partitioner import settings_from
 from splitter.partitioning.plan import Plan
-from splitter.runtime.auxiliary import channels
+from splitter.runtime.auxiliary import LAYOUTS, channels
 from splitter.transform.surgery import span_graph
 
 AUX_CLASSES = (
     "Adapter", "Augmented", "Classifier", "ConvHead", "InfoPro", "InfoProDecoder", "InfoProHead",
     "LinearHead", "Mlaan", "Momentum",
 )  # fmt: skip
-_RANK = {"nchw": 3, "nhwc": 3, "ncl": 2, "nlc": 2, "nc": 1}
-"""Dimensions of one sample in each layout."""
-_WHAT = {"nchw": "an image map", "nhwc": "an image map", "ncl": "a token sequence"}
+_WHAT = {"nchw": "an image map", "nhwc": "an image map", "ncl": "a sequence (NCL)"}
 _WHAT |= {"nlc": "a token sequence", "nc": "a feature vector"}
+_WHAT |= {"ncdhw": "a video map", "ndhwc": "a video map"}
 
 
 @dataclass(frozen=True)
@@ -89,7 +94,7 @@ class AuxiliaryViews:
         if isinstance(config, LinearAux):
             return f"Classifier({_linear(sample, layout)})"
         if isinstance(config, ConvAux):
-            return f"Classifier({_conv(sample, layout, config)})"
+            return f"Classifier({_conv(sample, layout, config, self.name(b))})"
         if isinstance(config, InfoProAux):
             return self.infopro(config, sample, layout, k, b)
         raise AuxiliaryError(
@@ -152,9 +157,9 @@ class AuxiliaryViews:
         weights = (
             f"weights={tuple(config.weights)}, decay=0.995, coupled={units[0] if units else 0}"
         )
+        independent = _conv(sample, layout, ConvAux(), self.name(j))
         return (
-            f"Mlaan([{blocks}], {_conv(sample, layout, ConvAux())}, [{', '.join(layers)}], "
-            f"{source}, {head}, {weights})"
+            f"Mlaan([{blocks}], {independent}, [{', '.join(layers)}], {source}, {head}, {weights})"
         )
 
     def adapter(self, source: int, target: int, k: int) -> str:
@@ -202,18 +207,26 @@ class AuxiliaryViews:
         chosen = getattr(config, "layout", "auto")
         shape = self.shape(b)
         node = self.costs.nodes[self.costs.position[b]] if b else None
-        if chosen != "auto":
-            layout = cast(Layout, chosen)
-        else:
-            layout = (
-                infer_layout(self.gm, node, shape) if node is not None else default_layout(shape)
-            )
-        if len(shape) - 1 != _RANK[layout]:
-            fits = [name for name, rank in _RANK.items() if rank == len(shape) - 1]
+        kind = f"`{config.kind}` auxiliary" if config is not None else "auxiliary"
+        try:
+            if chosen != "auto":
+                layout = cast(Layout, chosen)
+            elif node is not None:
+                layout = infer_layout(self.gm, node, shape)
+            else:
+                layout = default_layout(shape)
+        except LayoutError as e:
             raise AuxiliaryError(
-                f"block {k}'s `{config.kind}` auxiliary has `layout: {layout}`, but the tensor "
-                f"at `{self.name(b)}` is {self.shape_text(b)}, which is not {_WHAT[layout]}; "
-                f"use `layout: auto`{''.join(f' or `{f}`' for f in fits)}"
+                f"block {k}'s {kind} cannot serve `{self.name(b)}`: {e}; cut where the tensor "
+                "has at most 4 axes after the batch"
+            ) from None
+        if len(shape) != len(layout):
+            fits = LAYOUTS.get(len(shape) - 1, ())
+            fix = "use `layout: auto`" + "".join(f" or `{f}`" for f in fits)
+            raise AuxiliaryError(
+                f"block {k}'s {kind} has `layout: {layout}`, but the tensor at "
+                f"`{self.name(b)}` is {self.shape_text(b)}, which is not {_WHAT[layout]}; "
+                + (fix if fits else "cut where the tensor has at most 4 axes after the batch")
             )
         return layout
 
@@ -229,12 +242,13 @@ def _infopro_classifier(sample: tuple[int, ...], layout: Layout, config: InfoPro
     return f'InfoProHead({sample}, "{layout}", num_classes, {options})'
 
 
-def _conv(sample: tuple[int, ...], layout: Layout, config: ConvAux) -> str:
+def _conv(sample: tuple[int, ...], layout: Layout, config: ConvAux, where: str) -> str:
     if config.variant != "default":
         if layout != "nchw":
             raise AuxiliaryError(
                 f"`conv` with `variant: {config.variant}` takes image maps (NCHW), but the "
-                f"boundary is {layout.upper()}; use `variant: default`"
+                f"boundary `{where}` is {layout.upper()}; use `variant: default`, which serves "
+                "every layout"
             )
         return f'dgl_head("{config.variant}", {sample}, num_classes)'
     width = config.width or 2 * channels(sample, layout)

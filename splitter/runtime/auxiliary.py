@@ -18,59 +18,69 @@ else:  # a package's own module beside train.py
     from infopro import InfoProDecoder, InfoProHead  # type: ignore[no-redef]
     from recompute import recomputed  # type: ignore[no-redef]
 
-Layout = Literal["nchw", "nhwc", "nlc", "ncl", "nc"]
+Layout = Literal["nchw", "nhwc", "nlc", "ncl", "nc", "ncdhw", "ndhwc"]
+"""How a boundary tensor is laid out (batch first): channels first (`nc`, `ncl`, `nchw`,
+`ncdhw`: features, sequences or signals, image maps, video maps) or channels last (`nlc`,
+`nhwc`, `ndhwc`). One sample has `len(layout) - 1` axes."""
 
 
 # ---------------------------------------------------------------- layouts
 
+LAYOUTS: dict[int, tuple[Layout, ...]] = {
+    1: ("nc",), 2: ("ncl", "nlc"), 3: ("nchw", "nhwc"), 4: ("ncdhw", "ndhwc")
+}  # fmt: skip
+"""The layouts a sample of so many axes may have, channels first before channels last."""
+CHANNELS_LAST: tuple[Layout, ...] = ("nlc", "nhwc", "ndhwc")
+
+
+class LayoutError(ValueError):
+    """No auxiliary serves a tensor of this shape in this layout."""
+
+
+def check_layout(shape: tuple[int, ...], layout: str) -> None:
+    """Refuse a sample `shape` (no batch axis) that `layout` cannot describe."""
+    fits = LAYOUTS.get(len(shape), ())
+    if layout not in fits:
+        served = fits or [f for fs in LAYOUTS.values() for f in fs]
+        raise LayoutError(f"{list(shape)} is not `{layout}`; heads serve {', '.join(served)}")
+
 
 def channels_first(x: torch.Tensor, layout: Layout) -> torch.Tensor:
-    """NCHW / NCL / NC view of `x`."""
-    if layout == "nhwc":
-        return x.permute(0, 3, 1, 2)
-    if layout == "nlc":
-        return x.transpose(1, 2)
-    return x
+    """NC / NCL / NCHW / NCDHW view of `x`."""
+    return x.movedim(-1, 1) if layout in CHANNELS_LAST else x
 
 
 def channels_last_as(x: torch.Tensor, layout: Layout) -> torch.Tensor:
     """Back from channels first to `layout` (the inverse of `channels_first`)."""
-    if layout == "nhwc":
-        return x.permute(0, 2, 3, 1)
-    if layout == "nlc":
-        return x.transpose(1, 2)
-    return x
+    return x.movedim(1, -1) if layout in CHANNELS_LAST else x
 
 
 def pool(x: torch.Tensor, layout: Layout) -> torch.Tensor:
-    """Global average over the spatial or token axes of a channels-first tensor."""
+    """Global average over the spatial, temporal or token axes of a channels-first tensor."""
     return x if layout == "nc" else x.flatten(2).mean(dim=2)
 
 
 def channels(shape: tuple[int, ...], layout: Layout) -> int:
     """The channels of one sample of this `shape` (no batch axis)."""
-    return shape[-1] if layout in ("nhwc", "nlc") else shape[0]
+    return shape[-1] if layout in CHANNELS_LAST else shape[0]
 
 
 def spatial(shape: tuple[int, ...], layout: Layout) -> list[int]:
-    """The spatial or token sizes of one sample of this `shape`."""
-    if layout == "nchw":
-        return list(shape[1:])
-    if layout == "nhwc":
-        return list(shape[:2])
-    if layout == "ncl":
-        return [shape[1]]
-    return [shape[0]] if layout == "nlc" else []
+    """The spatial, temporal or token sizes of one sample of this `shape`."""
+    if layout == "nc":
+        return []
+    return list(shape[:-1]) if layout in CHANNELS_LAST else list(shape[1:])
 
 
 # ---------------------------------------------------------------- heads (features -> logits)
 
 
 class LinearHead(nn.Module):
-    """Global average pooling and one Linear layer."""
+    """Global average pooling (over every axis but the channels) and one Linear layer."""
 
     def __init__(self, shape: tuple[int, ...], layout: Layout, num_classes: int) -> None:
         super().__init__()
+        check_layout(shape, layout)
         self.layout = layout
         self.fc = nn.Linear(channels(shape, layout), num_classes)
 
@@ -80,8 +90,10 @@ class LinearHead(nn.Module):
 
 
 class ConvHead(nn.Module):
-    """`depth` conv-BN-ReLU layers at `width` channels (stride 2 while the map is larger than
-    8x8, or the sequence longer than 64 tokens), pooling, Linear-ReLU to `hidden`, Linear."""
+    """`depth` conv-BN-ReLU layers at `width` channels, pooling, Linear-ReLU to `hidden`,
+    Linear. Conv2d on image maps (stride 2 while the map is larger than 8x8), Conv1d on
+    sequences (stride 2 while longer than 64), Conv3d on video maps (stride 2 along each axis
+    longer than 8); channels-last tensors are moved to channels first."""
 
     def __init__(
         self,
@@ -93,6 +105,7 @@ class ConvHead(nn.Module):
         hidden: int = 128,
     ) -> None:
         super().__init__()
+        check_layout(shape, layout)
         self.layout = layout
         c = channels(shape, layout)
         width = width or 2 * c
@@ -110,20 +123,26 @@ class ConvHead(nn.Module):
 def _conv_stack(c: int, width: int, depth: int, sizes: list[int]) -> list[nn.Module]:
     if not sizes:
         return []
-    conv, norm, limit = (
-        (nn.Conv2d, nn.BatchNorm2d, 8) if len(sizes) == 2 else (nn.Conv1d, nn.BatchNorm1d, 64)
-    )
+    conv, norm = _CONVS[len(sizes)]
     layers: list[nn.Module] = []
-    size = min(sizes)
     for i in range(depth):
-        stride = 2 if size > limit else 1
-        size = (size + 1) // stride if stride == 2 else size
-        layers += [
-            conv(c if i == 0 else width, width, 3, stride, 1, bias=False),
-            norm(width),
-            nn.ReLU(inplace=True),
-        ]
+        stride, sizes = _strides(sizes)
+        layers += [conv(c if i == 0 else width, width, 3, stride, 1, bias=False)]
+        layers += [norm(width), nn.ReLU(inplace=True)]
     return layers
+
+
+_CONVS: dict[int, tuple[type[nn.Module], type[nn.Module]]] = {
+    1: (nn.Conv1d, nn.BatchNorm1d), 2: (nn.Conv2d, nn.BatchNorm2d), 3: (nn.Conv3d, nn.BatchNorm3d)
+}  # fmt: skip
+
+
+def _strides(sizes: list[int]) -> tuple[int | tuple[int, ...], list[int]]:
+    """One conv's stride over maps of these `sizes` (video: per axis); the sizes after it."""
+    limit = min(sizes) > (8 if len(sizes) == 2 else 64)
+    strides = [2 if (n > 8 if len(sizes) == 3 else limit) else 1 for n in sizes]
+    after = [(n + s - 1) // s for n, s in zip(sizes, strides, strict=True)]
+    return (tuple(strides) if len(sizes) == 3 else strides[0]), after
 
 
 # ---------------------------------------------------------------- auxiliaries (-> local loss)
@@ -262,6 +281,8 @@ class Adapter(nn.Module):
         self, source: tuple[int, ...], layout: Layout, target: tuple[int, ...], out: Layout
     ) -> None:
         super().__init__()
+        check_layout(source, layout)
+        check_layout(target, out)
         self.layout, self.out = layout, out
         self.size = spatial(target, out)
         self.proj = nn.Linear(channels(source, layout), channels(target, out))
@@ -269,10 +290,8 @@ class Adapter(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         x = channels_first(h, self.layout)
         x = self.proj(x.movedim(1, -1)).movedim(-1, 1)  # 1x1 convolution = Linear over channels
-        if len(self.size) == 1 and x.shape[2] != self.size[0]:
-            x = F.adaptive_avg_pool1d(x, self.size[0])
-        elif len(self.size) == 2 and list(x.shape[2:]) != self.size:
-            x = F.adaptive_avg_pool2d(x, (self.size[0], self.size[1]))
+        if self.size and list(x.shape[2:]) != self.size:
+            x = getattr(F, f"adaptive_avg_pool{len(self.size)}d")(x, tuple(self.size))
         return channels_last_as(x, self.out)
 
 

@@ -42,7 +42,8 @@ class InfoProDecoder(nn.Module):
         if layout not in ("nchw", "nhwc") or len(image) != 3:
             raise ValueError(
                 f"the infopro decoder reconstructs images: the boundary is `{layout}` and the "
-                f"input {list(image)}; use the `linear`, `conv` or `momentum` auxiliary here"
+                f"input {list(image)} (it takes `nchw` or `nhwc` maps of a [C, H, W] input); "
+                "use the `linear`, `conv` or `momentum` auxiliary here"
             )
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
@@ -82,7 +83,10 @@ class InfoProHead(nn.Module):
     ) -> None:
         super().__init__()
         if layout not in ("nchw", "nhwc") or len(shape) != 3:
-            raise ValueError(f"InfoPro's classifier takes image maps, not `{layout}` {shape}")
+            raise ValueError(
+                f"InfoPro's classifier takes image maps (`nchw` or `nhwc`), not `{layout}` "
+                f"{list(shape)}; use the `linear` or `conv` auxiliary here"
+            )
         self.layout, self.loss, self.temperature = layout, loss, temperature
         c = shape[0] if layout == "nchw" else shape[-1]
         width, stride = conv_width(c)
