@@ -13,7 +13,7 @@ from torch import nn
 
 from splitter.analysis.ops import admissible
 from splitter.frontend.annotate import node_cost
-from splitter.frontend.trace import TracedModel
+from splitter.frontend.trace import TracedModel, public
 
 SOURCE = "<source>"
 CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
@@ -162,7 +162,7 @@ def node_paths(graph: fx.Graph) -> dict[fx.Node, str]:
     paths: dict[fx.Node, str] = {}
     for node in graph.nodes:
         if node.op == "call_module":
-            base = str(node.target)
+            base = public(str(node.target))
         else:
             stack = _stack_fqns(node)
             scope = f"{stack[-1]}." if stack else ""
@@ -175,7 +175,7 @@ def node_paths(graph: fx.Graph) -> dict[fx.Node, str]:
 def _op_name(node: fx.Node) -> str:
     if node.op == "call_function":
         return str(getattr(node.target, "__name__", node.target)).strip("_") or node.name
-    return str(node.target) if node.op in ("call_method", "get_attr") else node.name
+    return public(str(node.target)) if node.op in ("call_method", "get_attr") else node.name
 
 
 def _cut_name(

@@ -19,7 +19,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from splitter.frontend.trace import CALLS_KEY, ModuleCall, Value
+from splitter.frontend.trace import CALLS_KEY, ModuleCall, Value, public
 from splitter.transform.surgery import ORIGIN_KEY
 
 CALL_KEY = "splitter_call"
@@ -51,7 +51,7 @@ def folded(graph: fx.Graph, model: nn.Module) -> fx.Graph:
             env[node] = out.create_node("call_module", fold.path, args, kwargs, name=node.name)
             env[node].meta = {**node.meta, CALL_KEY: fold}
         elif node not in gone:
-            env[node] = out.node_copy(node, lambda n: env[n])
+            env[node] = _node_copy(out, node, env)
     return out
 
 
@@ -59,8 +59,16 @@ def _copy(nodes: Iterable[fx.Node]) -> fx.Graph:
     out = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
     for node in nodes:
-        env[node] = out.node_copy(node, lambda n: env[n])
+        env[node] = _node_copy(out, node, env)
     return out
+
+
+def _node_copy(out: fx.Graph, node: fx.Node, env: dict[fx.Node, fx.Node]) -> fx.Node:
+    """`node` copied into `out`, its target under the model's own (`public`) name."""
+    copy = out.node_copy(node, lambda n: env[n])
+    if copy.op in ("call_module", "get_attr"):
+        copy.target = public(str(copy.target))
+    return copy
 
 
 def _calls(nodes: Iterable[fx.Node]) -> list[ModuleCall]:
@@ -98,7 +106,7 @@ def _inside(
         stack.extend(node.all_input_nodes)
     if any(u not in inside for n in inside if n is not output for u in n.users):
         return None
-    targets = {str(n.target) for n in inside if n.op in ("call_module", "get_attr")}
+    targets = {public(str(n.target)) for n in inside if n.op in ("call_module", "get_attr")}
     return inside if _held(model, call.path, targets) else None
 
 

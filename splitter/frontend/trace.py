@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import traceback
@@ -21,6 +22,9 @@ MODES: tuple[Mode, ...] = ("train", "eval")
 MAX_ATTEMPTS = 64
 CALLS_KEY = "splitter_calls"
 """Node meta: the `ModuleCall`s (innermost first) whose forward made the node."""
+RENAMED = "_renamed_"
+"""Prefix of a top-level submodule, parameter or buffer whose name is an attribute of
+`fx.GraphModule` (`graph`, `code`, `meta`, ...): inside traced graphs only; `public` maps back."""
 
 
 @dataclass(frozen=True)
@@ -192,7 +196,7 @@ class _TraceState:
                     graph = tracer.trace(root, concrete_args=optional_args(root))
                 except Exception as e:
                     raise _diagnose(e, tracer, root, mode) from e
-            graphs[mode] = fx.GraphModule(tracer.root, graph, type(root).__name__)
+            graphs[mode] = fx.GraphModule(_renamed(root, graph), graph, type(root).__name__)
             hits |= tracer.leaf_hits
         return graphs, hits
 
@@ -208,6 +212,42 @@ class _TraceState:
             self.leafed.append(Leafed(failure.fqn, "module", failure.message))
         else:
             raise TraceError(_root_failure(failure, root))
+
+
+def public(target: str) -> str:
+    """The model's own dotted name for a graph target (`_renamed_meta.0` is `meta.0`)."""
+    return target.removeprefix(RENAMED)
+
+
+def _renamed(root: nn.Module, graph: fx.Graph) -> nn.Module:
+    """The holder of `graph`'s targets: `root`, or when a top-level name of `root` is an
+    attribute of `fx.GraphModule`, a module holding the same objects with such names prefixed
+    by `RENAMED` (the graph's targets renamed to match); the user's model is untouched."""
+    taken = _graph_module_attributes()
+    top = {t.split(".")[0] for t in graph_targets(graph)}
+    clashes = sorted(top & taken)
+    if not clashes:
+        return root
+    holder = nn.Module()
+    for name in top:
+        value = getattr(root, name)
+        alias = RENAMED + name if name in clashes else name
+        if isinstance(value, nn.Module):
+            holder.add_module(alias, value)
+        elif name in root._buffers:
+            persistent = name not in root._non_persistent_buffers_set
+            holder.register_buffer(alias, value, persistent=persistent)
+        else:
+            setattr(holder, alias, value)
+    for node in graph.nodes:
+        if node.op in ("call_module", "get_attr") and node.target.split(".")[0] in clashes:
+            node.target = RENAMED + node.target
+    return holder
+
+
+@functools.cache
+def _graph_module_attributes() -> frozenset[str]:
+    return frozenset(dir(fx.GraphModule(nn.Module(), fx.Graph())))
 
 
 def optional_args(root: nn.Module) -> dict[str, Any]:

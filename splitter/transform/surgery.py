@@ -14,7 +14,7 @@ from torch import nn
 
 from splitter.analysis.cuts import CutPoint, data_graph
 from splitter.errors import SurgeryError
-from splitter.frontend.trace import MODES, Mode, TracedModel, graph_targets
+from splitter.frontend.trace import MODES, Mode, TracedModel, graph_targets, public
 
 ORIGIN_KEY = "splitter_origin"
 """Node meta of a block's input: the name of the model's node whose value it is."""
@@ -188,24 +188,23 @@ def _live(nodes: list[fx.Node]) -> set[fx.Node]:
 
 
 def _copy_attr(source: nn.Module, dest: nn.Module, target: str) -> None:
-    """Make `dest.<target>` the same object as `source.<target>`, creating holder modules."""
+    """Make `dest.<target>` the same object as the model `source`'s at the `public` name,
+    creating holder modules."""
     *path, name = target.split(".")
-    for part in path:
-        source = getattr(source, part)
+    *own_path, own = public(target).split(".")
+    for part, own_part in zip(path, own_path, strict=True):
+        source = getattr(source, own_part)
         if not hasattr(dest, part):
             dest.add_module(part, _Holder())
         dest = getattr(dest, part)
-    _set_attr(dest, name, getattr(source, name), source)
-
-
-def _set_attr(dest: nn.Module, name: str, value: object, owner: nn.Module) -> None:
+    value = getattr(source, own)
     if isinstance(value, nn.Module):
         dest.add_module(name, value)
     elif isinstance(value, nn.Parameter):
         dest.register_parameter(name, value)
     elif isinstance(value, torch.Tensor):
-        persistent = name not in getattr(owner, "_non_persistent_buffers_set", set())
-        dest.register_buffer(name, value, persistent=persistent and name in owner._buffers)
+        persistent = own not in getattr(source, "_non_persistent_buffers_set", set())
+        dest.register_buffer(name, value, persistent=persistent and own in source._buffers)
     else:
         setattr(dest, name, value)
 
