@@ -10,14 +10,8 @@ import typer
 from schemas.auxiliary import AUX_KINDS
 from schemas.spec import AutoPartition, OptimizerConfig
 from splitter.errors import UsageError
-from splitter.frontend.modelref import (
-    DTYPES,
-    PRECISIONS,
-    ModelOptions,
-    check_precision,
-    parse_input_shape,
-    parse_model_args,
-)
+from splitter.frontend.inputs import DTYPES, parse_dtype, parse_input_shape
+from splitter.frontend.modelref import PRECISIONS, ModelOptions, check_precision, parse_model_args
 
 OutputFormat = Literal["table", "json"]
 FORMATS: tuple[str, ...] = get_args(OutputFormat)
@@ -63,15 +57,19 @@ ModelArg = Annotated[
     ),
 ]
 InputShape = Annotated[
-    str | None,
+    list[str] | None,
     typer.Option(
         metavar="SHAPE",
-        help="Shape of one sample without the batch, any rank: `3,224,224` or `128`.",
+        help="Shape of one sample without the batch, any rank: `3,224,224` or `128`; once per "
+        "input for a forward that takes several, in order.",
     ),
 ]
 InputDtype = Annotated[
-    str | None,
-    typer.Option(metavar="DTYPE", help=f"Input dtype: {either(list(DTYPES))} (default float32)."),
+    list[str] | None,
+    typer.Option(
+        metavar="DTYPE",
+        help=f"Input dtype: {either(list(DTYPES))} (default float32); once per input, in order.",
+    ),
 ]
 BatchSize = Annotated[
     int | None, typer.Option(min=1, metavar="N", help="Batch size for cost estimates (default 32).")
@@ -114,17 +112,25 @@ Wide = Annotated[
 
 def model_options(
     model_arg: list[str] | None,
-    input_shape: str | None,
-    input_dtype: str | None,
+    input_shape: list[str] | None,
+    input_dtype: list[str] | None,
     batch_size: int | None,
     precision: str | None,
     leaf: list[str] | None,
 ) -> ModelOptions:
     """Parse the shared model options into `ModelOptions` (usage errors exit 2)."""
+    shapes: list[tuple[int, ...] | None] = [parse_input_shape(s) for s in input_shape or []]
+    dtypes: list[str | None] = list(input_dtype or [])
+    for dtype in dtypes:
+        parse_dtype(str(dtype))
+    count = max(len(shapes), len(dtypes), 1)
+    shapes += [None] * (count - len(shapes))
+    dtypes += [None] * (count - len(dtypes))
     return ModelOptions(
         model_args=parse_model_args(model_arg or []),
-        input_shape=parse_input_shape(input_shape) if input_shape else None,
-        input_dtype=input_dtype,
+        input_shape=shapes[0],
+        input_dtype=dtypes[0],
+        more_inputs=tuple(zip(shapes[1:], dtypes[1:], strict=True)),
         batch_size=batch_size,
         precision=check_precision(precision) if precision else None,
         leaves=tuple(leaf or ()),

@@ -42,6 +42,15 @@ Device = Annotated[
 _BudgetInput = Annotated[int, Field(gt=0)] | Annotated[str, Field(pattern=SIZE_PATTERN)] | None
 
 
+class ModelInput(SpecModel):
+    """One of the forward's tensor inputs."""
+
+    shape: list[PositiveInt]
+    """Shape of one sample, without the batch, e.g. `[3, 32, 32]`."""
+    dtype: Dtype | None = None
+    """Its dtype (null: `example_inputs()`'s, else float32)."""
+
+
 class ModelSection(SpecModel):
     """The model to split and its example input; each key may also come from the command line."""
 
@@ -55,11 +64,25 @@ class ModelSection(SpecModel):
     """Shape of one input sample, without the batch, e.g. `[3, 32, 32]`."""
     input_dtype: Dtype | None = None
     """Dtype of the input (null: `example_inputs()`'s, else float32); int64 for token ids."""
+    inputs: list[ModelInput] | None = Field(default=None, min_length=1)
+    """Every tensor input of a forward that takes several (an image and a metadata vector), in
+    order, instead of `input_shape` and `input_dtype`. The first is carried from block to
+    block; the others reach each block that reads them."""
     root: str | None = None
     """FQN of the submodule to split; the rest of the model runs around it unchanged."""
     output: int | str | None = None
     """Index or key of the model output the task loss uses, when the model returns a tuple or
     dict (null: the first element)."""
+
+    @model_validator(mode="after")
+    def _one_input_form(self) -> Self:
+        if self.inputs is not None and (self.input_shape or self.input_dtype):
+            raise rule(
+                "`model` gives both `inputs` and `input_shape`/`input_dtype`; keep `inputs` and "
+                "list the first input there as `{shape: [...], dtype: ...}`",
+                at="inputs",
+            )
+        return self
 
 
 class TaskSection(SpecModel):

@@ -259,9 +259,12 @@ def partition_command(
     words += ["--aux", aux] if aux != "momentum" else []
     for key, value in options.model_args.items():
         words += ["--model-arg", f"{key}={_typed(value)}"]
-    if options.input_shape:
-        words += ["--input-shape", ",".join(map(str, options.input_shape))]
-    words += ["--input-dtype", options.input_dtype] if options.input_dtype else []
+    inputs = [(options.input_shape, options.input_dtype), *options.more_inputs]
+    for shape, _ in inputs:
+        words += ["--input-shape", ",".join(map(str, shape))] if shape else []
+    if any(dtype for _, dtype in inputs):  # given once per input, in order
+        for _, dtype in inputs:
+            words += ["--input-dtype", dtype or "float32"]
     words += ["--batch-size", str(batch_size)]
     words += ["--precision", options.precision] if options.precision else []
     for leaf in options.leaves:

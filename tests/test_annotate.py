@@ -10,7 +10,8 @@ import torchvision
 
 from splitter.analysis.model import analyze
 from splitter.frontend.annotate import measure_saved_bytes, node_cost
-from splitter.frontend.modelref import InputSpec, ModelOptions
+from splitter.frontend.inputs import InputSpec
+from splitter.frontend.modelref import ModelOptions
 from splitter.frontend.trace import trace
 from tests.conftest import FIXTURES
 

@@ -48,7 +48,8 @@ def test_inspect_torchvision_any_rank_input(cli: CliRunner) -> None:
                               "--batch-size", "2", "--format", "json", "--precision", "bf16"])
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report["input_shape"] == [2, 3, 32, 32] and report["precision"] == "bf16"
+    assert report["inputs"] == [{"shape": [2, 3, 32, 32], "dtype": "float32"}]
+    assert report["precision"] == "bf16"
 
 
 def _bad_files(tmp: Path) -> dict[str, Path]:

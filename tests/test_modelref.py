@@ -9,13 +9,8 @@ import pytest
 import torch
 
 from splitter.errors import ModelLoadError, UsageError
-from splitter.frontend.modelref import (
-    ModelOptions,
-    load_model,
-    nearest_file,
-    parse_input_shape,
-    parse_model_args,
-)
+from splitter.frontend.inputs import parse_input_shape
+from splitter.frontend.modelref import ModelOptions, load_model, nearest_file, parse_model_args
 from tests.conftest import EXAMPLES
 
 CIFAR = str(EXAMPLES / "resnet_cifar" / "model.py")

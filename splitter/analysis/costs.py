@@ -32,7 +32,8 @@ from splitter.analysis.layouts import (
 from splitter.analysis.model import Analysis
 from splitter.errors import SplitterError
 from splitter.frontend.annotate import NodeCost, annotate, node_cost, output_shape
-from splitter.frontend.modelref import InputSpec, Precision
+from splitter.frontend.inputs import InputSpec
+from splitter.frontend.modelref import Precision
 from splitter.frontend.trace import trace
 from splitter.runtime.dgl import dgl_head
 

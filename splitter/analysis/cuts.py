@@ -13,7 +13,8 @@ from torch import nn
 
 from splitter.analysis.ops import admissible
 from splitter.frontend.annotate import node_cost
-from splitter.frontend.trace import TracedModel, public
+from splitter.frontend.rewrite import public
+from splitter.frontend.trace import TracedModel
 
 SOURCE = "<source>"
 CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
@@ -101,14 +102,20 @@ def _named_dominators(traced: TracedModel, mode: str) -> list[CutPoint]:
 
 
 def data_graph(graph: fx.Graph) -> nx.DiGraph:
-    """The DAG of data flow: a virtual source over the placeholders; nodes that depend on
-    parameters or constants only are left out."""
+    """The DAG of data flow: a virtual source over the first placeholder (the input blocks
+    carry); nodes that depend on parameters, constants or the model's other inputs only are
+    left out, as a block that reads them computes them itself (the other inputs reach every
+    block that reads them)."""
     dag = nx.DiGraph()
     dag.add_node(SOURCE)
     data: set[fx.Node] = set()
+    first = True
     for node in graph.nodes:
         inputs = [a for a in node.all_input_nodes if a in data]
         if node.op == "placeholder":
+            if not first or node.args:  # another input, or an argument at its default
+                continue
+            first = False
             inputs_or_source: Iterable[object] = [SOURCE]
         elif inputs:
             inputs_or_source = inputs

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -12,9 +13,11 @@ import torch
 from torch import nn
 
 from splitter.analysis.cuts import CutAnalysis, analyze_cuts
-from splitter.errors import AnnotationError, SplitterError
+from splitter.errors import AnnotationError, SplitterError, UsageError
 from splitter.frontend.annotate import annotate
-from splitter.frontend.modelref import InputSpec, LoadedModel, ModelOptions, load_model
+from splitter.frontend.inputs import InputSpec
+from splitter.frontend.modelref import LoadedModel, ModelOptions, load_model
+from splitter.frontend.rewrite import input_nodes
 from splitter.frontend.trace import TracedModel, trace
 
 
@@ -27,7 +30,8 @@ class Analysis:
     cuts: CutAnalysis
     total_activation_bytes: int
     root: str | None = None
-    input: InputSpec | None = None
+    inputs: tuple[InputSpec, ...] | None = None
+    """The `root` submodule's inputs, as the model calls it (None: the model's)."""
 
     @property
     def target(self) -> nn.Module:
@@ -35,8 +39,13 @@ class Analysis:
         return self.traced.root
 
     @property
+    def target_inputs(self) -> tuple[InputSpec, ...]:
+        return self.inputs or self.model.inputs
+
+    @property
     def target_input(self) -> InputSpec:
-        return self.input or self.model.input
+        """The input blocks carry (the first)."""
+        return self.target_inputs[0]
 
 
 def analyze(
@@ -50,10 +59,10 @@ def analyze(
     only that submodule is analysed, on the input the model gives it."""
     options = options or ModelOptions()
     model = load_model(ref, options)
-    target, inputs = model.module, model.input
+    target, inputs = model.module, model.inputs
     if root:
         target = _submodule(model.module, root)
-        inputs = _captured_input(model, target, root)
+        inputs = _captured_inputs(model, target, root)
     leaf_types, functions = _registries(ref)
     traced = trace(
         target,
@@ -61,14 +70,32 @@ def analyze(
         leaf_types=leaf_types,
         autowrap_functions=functions,
         auto_leaf=auto_leaf,
+        inputs=len(inputs),
     )
+    _check_inputs(traced, inputs, ref, root)
     try:
         total = annotate(traced.graph("train"), inputs, model.batch_size, model.precision)
     except AnnotationError as e:
-        shape = ",".join(map(str, inputs.shape))
-        dtype = str(inputs.dtype).removeprefix("torch.")
-        raise AnnotationError(f"`{ref}` with input shape {shape} ({dtype}): {e}") from e
+        shapes = " and ".join(
+            f"{','.join(map(str, i.shape))} ({str(i.dtype).removeprefix('torch.')})" for i in inputs
+        )
+        raise AnnotationError(f"`{ref}` with input shape {shapes}: {e}") from e
     return Analysis(model, traced, analyze_cuts(traced), total, root, inputs if root else None)
+
+
+def _check_inputs(
+    traced: TracedModel, inputs: tuple[InputSpec, ...], ref: str, root: str | None
+) -> None:
+    """A forward that takes more tensors than were described: say which and how to add them."""
+    names = [n.target for n in input_nodes(traced.graph("train").graph)]
+    if len(names) <= len(inputs) or root:
+        return
+    listed = ", ".join(f"`{n}`" for n in names)
+    raise UsageError(
+        f"the forward of `{ref}` takes {len(names)} inputs ({listed}) but {len(inputs)} "
+        f"{'is' if len(inputs) == 1 else 'are'} described; give --input-shape once per input "
+        "(in order), `model.inputs` in the spec, or return a tuple from example_inputs()"
+    )
 
 
 def _submodule(model: nn.Module, fqn: str) -> nn.Module:
@@ -80,28 +107,37 @@ def _submodule(model: nn.Module, fqn: str) -> nn.Module:
     return modules[fqn]
 
 
-def _captured_input(model: LoadedModel, target: nn.Module, fqn: str) -> InputSpec:
-    """The tensor the model passes to `target`, captured on a real eval-mode forward."""
-    seen: list[torch.Tensor] = []
+def _captured_inputs(model: LoadedModel, target: nn.Module, fqn: str) -> tuple[InputSpec, ...]:
+    """The tensors the model passes to `target` (its leading tensor arguments), captured on a
+    real eval-mode forward."""
+    seen: list[tuple[torch.Tensor, ...]] = []
 
     def hook(_: nn.Module, args: tuple[Any, ...]) -> None:
-        if not seen and args and isinstance(args[0], torch.Tensor):
-            seen.append(args[0].detach().clone())
+        if not seen:
+            leading = itertools.takewhile(lambda a: isinstance(a, torch.Tensor), args)
+            seen.append(tuple(a.detach().clone() for a in leading))
 
     handle = target.register_forward_pre_hook(hook)
     was_training = model.module.training
     try:
         with torch.no_grad():
-            model.module.eval()(model.input.batch(2))
+            model.module.eval()(*(i.batch(2) for i in model.inputs))
+    except Exception as error:  # the model's own failure, on the inputs as described
+        shapes = " and ".join(",".join(map(str, i.shape)) for i in model.inputs)
+        raise SplitterError(
+            f"running `{model.ref}` on input shape {shapes} to find what it gives model.root "
+            f"`{fqn}` failed ({type(error).__name__}: {str(error).strip()[:200]}); describe "
+            "every input of its forward (--input-shape once per input, or `model.inputs`)"
+        ) from error
     finally:
         handle.remove()
         model.module.train(was_training)
-    if not seen:
+    if not seen or not seen[0]:
         raise SplitterError(
             f"model.root `{fqn}` was not called with a tensor when the model ran; "
-            "choose a submodule that takes one tensor (see `splitter inspect`)"
+            "choose a submodule that takes tensors (see `splitter inspect`)"
         )
-    return InputSpec(tuple(seen[0].shape[1:]), seen[0].dtype, seen[0])
+    return tuple(InputSpec(tuple(t.shape[1:]), t.dtype, t) for t in seen[0])
 
 
 def _registries(ref: str) -> tuple[tuple[type, ...], tuple[Callable[..., Any], ...]]:

@@ -21,7 +21,7 @@ from splitter.errors import AuxiliaryError
 from splitter.partitioning.partitioner import settings_from
 from splitter.partitioning.plan import Plan
 from splitter.runtime.auxiliary import LAYOUTS, channels
-from splitter.transform.surgery import span_graph
+from splitter.transform.surgery import extra_inputs, span_graph
 
 AUX_CLASSES = (
     "Adapter", "Augmented", "Classifier", "ConvHead", "InfoPro", "InfoProDecoder", "InfoProHead",
@@ -174,6 +174,14 @@ class AuxiliaryViews:
         if (start, end) not in self.units:
             name = f"Unit{len(self.units)}"
             graph = span_graph(self.gm, self.node(start), self.node(end))
+            reads = extra_inputs(graph)
+            if reads:
+                raise AuxiliaryError(
+                    f"{use[0].upper()}{use[1:]}: the span after `{self.name(start)}` up to "
+                    f"`{self.name(end)}` reads the model's input `{reads[0]}`, which an "
+                    "auxiliary is not given; choose an auxiliary kind that copies no layers "
+                    "(`linear`, `conv`, `infopro`) for that block, or cut before the span"
+                )
             doc = f"The model after `{self.name(start)}` up to `{self.name(end)}`: {use}."
             self.units[(start, end)] = module_source(
                 name, doc, {"train": graph}, self.analysis.target, self.imports, self.shapes

@@ -118,8 +118,8 @@ class Viewer:
         self.gm = self.analysis.traced.graph("train")
         self.batch = self.analysis.model.batch_size
         self.imports = Imports(source.renamed, {"import torch", "from torch import nn"})
-        traced, model_input = self.analysis.traced, self.analysis.target_input
-        other = {str(m): batch_shapes(traced.graph(m), model_input, self.batch) for m in MODES}
+        traced, inputs = self.analysis.traced, self.analysis.target_inputs
+        other = {str(m): batch_shapes(traced.graph(m), inputs, self.batch) for m in MODES}
         annotated = {
             n.name: getattr(n.meta.get("splitter"), "shape", None) for n in self.gm.graph.nodes
         }
@@ -145,9 +145,11 @@ class Viewer:
             "header": top,
             "title": self.title(),
             "imports": _sorted_imports(self.imports.lines, local | self._local_imports()),
+            "inputs": repr(self.plan.surgery.blocks[0].inputs),
+            "several_inputs": len(self.plan.surgery.blocks[0].inputs) > 1,
             "blocks": [
-                {**_template_view(b), "unshared": json.dumps(names)}
-                for b, names in zip(blocks, unshared, strict=True)
+                {**_template_view(b), "unshared": json.dumps(names), "reads": repr(block.extras)}
+                for b, names, block in zip(blocks, unshared, self.plan.surgery.blocks, strict=True)
             ],
             "detached": self.plan.spec.spec.partition.shared_params == "owner",
             "unsharing": any(unshared),
@@ -201,14 +203,18 @@ class Viewer:
 
     def lock(self, top: str, version: str) -> str:
         spec = self.plan.spec.spec.model_dump(mode="json")
-        model_input = self.analysis.target_input
+        inputs = [
+            {"shape": list(i.shape), "dtype": str(i.dtype).removeprefix("torch.")}
+            for i in self.analysis.target_inputs
+        ]
         spec["model"].update(
             kwargs=_plain_values(self.kwargs),
             ref="model.py"
             if self.source.builder == "build_model"
             else f"model.py:{self.source.builder}",
-            input_shape=list(model_input.shape),
-            input_dtype=str(model_input.dtype).removeprefix("torch."),
+            input_shape=inputs[0]["shape"] if len(inputs) == 1 else None,
+            input_dtype=inputs[0]["dtype"] if len(inputs) == 1 else None,
+            inputs=inputs if len(inputs) > 1 else None,
         )
         others = other_outputs(self.analysis.traced.graph("train"), self.plan.spec.spec)
         spec["task"] = {"aux_outputs": {o.key: o.weight for o in others if o.weight > 0}}

@@ -19,7 +19,8 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from splitter.frontend.trace import CALLS_KEY, ModuleCall, Value, public
+from splitter.frontend.rewrite import public
+from splitter.frontend.trace import CALLS_KEY, ModuleCall, Value
 from splitter.transform.surgery import ORIGIN_KEY
 
 CALL_KEY = "splitter_call"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -16,8 +16,8 @@ from splitter.codegen.callables import Imports
 from splitter.codegen.folding import folded
 from splitter.codegen.render import Access, method
 from splitter.errors import CodegenError
-from splitter.frontend.modelref import InputSpec
-from splitter.frontend.trace import graph_targets
+from splitter.frontend.inputs import InputSpec
+from splitter.frontend.rewrite import graph_targets
 from splitter.transform.surgery import ORIGIN_KEY
 
 __all__ = ["Imports", "ModuleSource", "ShapeText", "batch_shapes", "module_source", "owned"]
@@ -66,7 +66,9 @@ class ShapeText:
         return "B" if per == 1 else f"B*{per}"
 
 
-def batch_shapes(gm: fx.GraphModule, inputs: InputSpec, batch: int) -> dict[str, tuple[int, ...]]:
+def batch_shapes(
+    gm: fx.GraphModule, inputs: Sequence[InputSpec], batch: int
+) -> dict[str, tuple[int, ...]]:
     """Every tensor node's shape at batch size `batch + 1`, on fake tensors ({} when the
     graph cannot run on them)."""
     mode = FakeTensorMode(allow_non_fake_inputs=True)
@@ -86,7 +88,7 @@ def batch_shapes(gm: fx.GraphModule, inputs: InputSpec, batch: int) -> dict[str,
     logger.setLevel(logging.CRITICAL)
     try:
         with mode, _reparametrize_module(gm, fake), torch.no_grad():
-            Recorder(gm).run(torch.empty((batch + 1, *inputs.shape), dtype=inputs.dtype))
+            Recorder(gm).run(*(torch.empty((batch + 1, *i.shape), dtype=i.dtype) for i in inputs))
     except Exception:
         return {}
     finally:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +17,8 @@ from torch.utils import _pytree as pytree
 from torch.utils.flop_counter import FlopCounterMode
 
 from splitter.errors import AnnotationError
-from splitter.frontend.modelref import InputSpec, Precision
+from splitter.frontend.inputs import InputSpec
+from splitter.frontend.modelref import Precision
 
 META_KEY = "splitter"
 # Under bf16/fp16 the graph runs in that dtype: autocast keeps most activations in half
@@ -56,7 +57,7 @@ def node_cost(node: fx.Node) -> NodeCost:
 
 def annotate(
     gm: fx.GraphModule,
-    inputs: InputSpec,
+    inputs: InputSpec | Sequence[InputSpec],
     batch_size: int,
     precision: Precision = "fp32",
 ) -> int:
@@ -69,13 +70,19 @@ def annotate(
     fake_state = {name: _fake(fake_mode, t, dtype) for name, t in real_state.items()}
     state_keys = {_storage_key(t) for t in [*real_state.values(), *fake_state.values()]}
     runner = _CostInterpreter(gm, usage, state_keys, real_state)
-    input_dtype = dtype if dtype and inputs.dtype.is_floating_point else inputs.dtype
+    specs = [inputs] if isinstance(inputs, InputSpec) else list(inputs)
+    dtypes = [dtype if dtype and i.dtype.is_floating_point else i.dtype for i in specs]
     with ExitStack() as stack:
         stack.enter_context(_quiet_fake_tensor_log())
         stack.enter_context(fake_mode)
         stack.enter_context(_reparametrize_module(gm, fake_state))
         stack.enter_context(runner.flops)
-        runner.run(torch.empty((batch_size, *inputs.shape), dtype=input_dtype))
+        runner.run(
+            *(
+                torch.empty((batch_size, *i.shape), dtype=d)
+                for i, d in zip(specs, dtypes, strict=True)
+            )
+        )
         runner.release()
     return sum(node_cost(n).saved_bytes for n in gm.graph.nodes)
 

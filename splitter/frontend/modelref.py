@@ -7,8 +7,6 @@ import difflib
 import hashlib
 import importlib.util
 import inspect
-import math
-import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -20,6 +18,7 @@ import torch
 from torch import nn
 
 from splitter.errors import ModelLoadError, UsageError
+from splitter.frontend.inputs import InputOption, InputSpec, example_inputs_of, resolve_inputs
 
 if TYPE_CHECKING:
     from schemas import SplitSpec
@@ -28,10 +27,6 @@ Precision = Literal["fp32", "bf16", "fp16"]
 PRECISIONS: tuple[Precision, ...] = ("fp32", "bf16", "fp16")
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_IMAGE_SHAPE = (3, 224, 224)
-DTYPES: dict[str, torch.dtype] = {
-    name: getattr(torch, name)
-    for name in ("float32", "float64", "float16", "bfloat16", "int64", "int32", "uint8", "bool")
-}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,27 +36,11 @@ class ModelOptions:
     model_args: Mapping[str, object] = field(default_factory=dict)
     input_shape: tuple[int, ...] | None = None
     input_dtype: str | None = None
+    more_inputs: tuple[InputOption, ...] = ()
+    """The second and later inputs' (shape, dtype), either None where not given."""
     batch_size: int | None = None
     precision: Precision | None = None
     leaves: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """One model input: per-sample shape, dtype, and example values when the model file has them."""
-
-    shape: tuple[int, ...]
-    dtype: torch.dtype
-    example: torch.Tensor | None = None
-
-    def batch(self, size: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """A real batch: the example repeated, else random floats or integer zeros."""
-        if self.example is not None:
-            reps = math.ceil(size / self.example.shape[0])
-            return self.example.repeat(reps, *([1] * len(self.shape)))[:size].clone()
-        if self.dtype.is_floating_point:
-            return torch.randn((size, *self.shape), generator=generator).to(self.dtype)
-        return torch.zeros((size, *self.shape), dtype=self.dtype)
 
 
 @dataclass
@@ -71,10 +50,15 @@ class LoadedModel:
     ref: str
     name: str
     module: nn.Module
-    input: InputSpec
+    inputs: tuple[InputSpec, ...]
+    """The forward's tensor inputs, in order; the first is the one blocks carry."""
     batch_size: int
     precision: Precision
     warnings: list[str] = field(default_factory=list)
+
+    @property
+    def input(self) -> InputSpec:
+        return self.inputs[0]
 
 
 # ---------------------------------------------------------------- command-line value parsing
@@ -96,25 +80,6 @@ def parse_model_args(pairs: list[str]) -> dict[str, object]:
     return args
 
 
-def parse_input_shape(text: str) -> tuple[int, ...]:
-    """`3,224,224` or `128` (per sample, any rank) to a tuple of positive ints."""
-    parts = [p.strip() for p in re.split(r"[,x]", text)]
-    if not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise UsageError(
-            f"--input-shape `{text}` is not a comma-separated list of positive integers; "
-            "give the shape of one sample without the batch, e.g. `--input-shape 3,224,224` "
-            "or `--input-shape 128`"
-        )
-    return tuple(int(p) for p in parts)
-
-
-def parse_dtype(name: str) -> torch.dtype:
-    """A dtype name such as `float32` or `int64`."""
-    if name not in DTYPES:
-        raise UsageError(f"--input-dtype `{name}` is unknown; use one of {', '.join(DTYPES)}")
-    return DTYPES[name]
-
-
 def check_precision(name: str) -> Precision:
     """`fp32`, `bf16` or `fp16`."""
     for p in PRECISIONS:
@@ -133,7 +98,7 @@ def load_model(ref: str, options: ModelOptions | None = None) -> LoadedModel:
     if ref.startswith("torchvision:"):
         name = ref.split(":", 1)[1]
         module, default = _build_torchvision(name, options.model_args), DEFAULT_IMAGE_SHAPE
-        example = None
+        example: tuple[torch.Tensor, ...] | None = None
     elif ref.startswith("timm:"):
         name = ref.split(":", 1)[1]
         module = _build_timm(name, options.model_args)
@@ -142,12 +107,12 @@ def load_model(ref: str, options: ModelOptions | None = None) -> LoadedModel:
     else:
         name, module, example = _build_from_file(ref, options.model_args)
         default = None
-    spec = _resolve_input(ref, options, example, default, notes)
+    given = [(options.input_shape, options.input_dtype), *options.more_inputs]
     return LoadedModel(
         ref=ref,
         name=name,
         module=module.train(),
-        input=spec,
+        inputs=resolve_inputs(ref, given, example or (), default, notes),
         batch_size=options.batch_size or DEFAULT_BATCH_SIZE,
         precision=options.precision or "fp32",
         warnings=notes,
@@ -200,7 +165,7 @@ def _build_timm(name: str, kwargs: Mapping[str, object]) -> nn.Module:
 
 def _build_from_file(
     ref: str, kwargs: Mapping[str, object]
-) -> tuple[str, nn.Module, torch.Tensor | None]:
+) -> tuple[str, nn.Module, tuple[torch.Tensor, ...] | None]:
     path_text, attr = split_file_ref(ref)
     path = Path(path_text)
     user_module = import_model_file(path)
@@ -213,7 +178,8 @@ def _build_from_file(
             f" in it, or name another callable or class with `{path}:NAME`"
         )
     module = _call_builder(ref, builder, kwargs)
-    return path.stem if attr == "build_model" else attr, module, _example_from(user_module, path)
+    example = example_inputs_of(user_module, path, module)
+    return path.stem if attr == "build_model" else attr, module, example
 
 
 def split_file_ref(ref: str) -> tuple[str, str]:
@@ -315,75 +281,28 @@ def _user_frame(error: BaseException) -> str:
     return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "no traceback"
 
 
-def _example_from(user_module: ModuleType, path: Path) -> torch.Tensor | None:
-    make = getattr(user_module, "example_inputs", None)
-    if make is None:
-        return None
-    value = make()
-    if isinstance(value, (tuple, list)) and value:
-        value = value[0]
-    if not isinstance(value, torch.Tensor) or value.dim() == 0:
-        raise ModelLoadError(
-            f"`{path}`: example_inputs() returned {type(value).__name__}; "
-            "return a batched tensor (or a tuple whose first element is one)"
-        )
-    return value.detach()
-
-
-# ---------------------------------------------------------------- inputs
-
-
-def _resolve_input(
-    ref: str,
-    options: ModelOptions,
-    example: torch.Tensor | None,
-    default: tuple[int, ...] | None,
-    notes: list[str],
-) -> InputSpec:
-    """Command line, else example_inputs(), else the model kind's default (DESIGN 1.1)."""
-    example_shape = tuple(example.shape[1:]) if example is not None else None
-    shape = options.input_shape or example_shape or default
-    if shape is None:
-        raise UsageError(
-            f"`{ref}` defines no example_inputs(), so splitter cannot tell its input shape; "
-            "pass --input-shape (per sample, e.g. `3,32,32`) or add `def example_inputs()` "
-            "returning a batch to the model file"
-        )
-    dtype = parse_dtype(options.input_dtype) if options.input_dtype else None
-    _warn_disagreement(options, example, notes)
-    if example is not None and shape == example_shape:
-        if dtype is not None and dtype != example.dtype:
-            example = example.to(dtype)
-        return InputSpec(shape, example.dtype, example)
-    return InputSpec(shape, dtype or torch.float32, None)
-
-
-def _warn_disagreement(
-    options: ModelOptions, example: torch.Tensor | None, notes: list[str]
-) -> None:
-    if example is None:
-        return
-    example_shape = tuple(example.shape[1:])
-    if options.input_shape and options.input_shape != example_shape:
-        notes.append(
-            f"--input-shape {','.join(map(str, options.input_shape))} overrides the shape "
-            f"{','.join(map(str, example_shape))} of example_inputs()"
-        )
-    if options.input_dtype and DTYPES[options.input_dtype] != example.dtype:
-        notes.append(
-            f"--input-dtype {options.input_dtype} overrides the dtype "
-            f"{str(example.dtype).removeprefix('torch.')} of example_inputs()"
-        )
-
-
 def merge_options(cli: ModelOptions, spec: SplitSpec) -> tuple[ModelOptions, list[str]]:
     """Each model setting from the command line, else the spec (DESIGN 1.1)."""
     section, notes = spec.model, []
-    shape = tuple(section.input_shape) if section.input_shape else None
+    listed = [(i.shape, i.dtype) for i in section.inputs or []]
+    first_shape, first_dtype = (
+        listed.pop(0) if listed else (section.input_shape, section.input_dtype)
+    )
+    shape = tuple(first_shape) if first_shape else None
     if cli.input_shape and shape and cli.input_shape != shape:
         notes.append(f"--input-shape overrides the spec's model.input_shape {list(shape)}")
-    if cli.input_dtype and section.input_dtype and cli.input_dtype != section.input_dtype:
-        notes.append(f"--input-dtype overrides the spec's model.input_dtype {section.input_dtype}")
+    if cli.input_dtype and first_dtype and cli.input_dtype != first_dtype:
+        notes.append(f"--input-dtype overrides the spec's model.input_dtype {first_dtype}")
+    spec_more = [(tuple(s), d) for s, d in listed]
+    more = tuple(
+        (
+            (cli.more_inputs[i][0] if i < len(cli.more_inputs) else None) or spec_more[i][0],
+            (cli.more_inputs[i][1] if i < len(cli.more_inputs) else None) or spec_more[i][1],
+        )
+        if i < len(spec_more)
+        else cli.more_inputs[i]
+        for i in range(max(len(spec_more), len(cli.more_inputs)))
+    )
     explicit = spec.training.model_fields_set
     batch = spec.training.batch_size if "batch_size" in explicit else None
     precision = spec.training.precision if "precision" in explicit else None
@@ -391,7 +310,8 @@ def merge_options(cli: ModelOptions, spec: SplitSpec) -> tuple[ModelOptions, lis
         cli,
         model_args={**section.kwargs, **cli.model_args},
         input_shape=cli.input_shape or shape,
-        input_dtype=cli.input_dtype or section.input_dtype,
+        input_dtype=cli.input_dtype or first_dtype,
+        more_inputs=more,
         batch_size=cli.batch_size or batch,
         precision=cli.precision or precision,
         leaves=(*spec.trace.leaf_modules, *cli.leaves),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import importlib
 import inspect
 import traceback
@@ -16,15 +15,13 @@ import torch.fx as fx
 from torch import nn
 
 from splitter.errors import TraceError, UsageError
+from splitter.frontend.rewrite import renamed, sink_side_inputs
 
 Mode = Literal["train", "eval"]
 MODES: tuple[Mode, ...] = ("train", "eval")
 MAX_ATTEMPTS = 64
 CALLS_KEY = "splitter_calls"
 """Node meta: the `ModuleCall`s (innermost first) whose forward made the node."""
-RENAMED = "_renamed_"
-"""Prefix of a top-level submodule, parameter or buffer whose name is an attribute of
-`fx.GraphModule` (`graph`, `code`, `meta`, ...): inside traced graphs only; `public` maps back."""
 
 
 @dataclass(frozen=True)
@@ -150,11 +147,14 @@ def trace(
     leaf_types: tuple[type, ...] = (),
     autowrap_functions: tuple[Callable[..., Any], ...] = (),
     auto_leaf: bool = True,
+    inputs: int = 1,
 ) -> TracedModel:
     """Trace `root` in both modes; on failure leaf the smallest failing submodule (or wrap the
     failing free function) and retry, recording why (DESIGN 1.2)."""
     user_fqns, user_types = resolve_leaves(root, leaves)
-    state = _TraceState(frozenset(user_fqns), leaf_types + user_types, autowrap_functions)
+    state = _TraceState(
+        frozenset(user_fqns), leaf_types + user_types, autowrap_functions, inputs=inputs
+    )
     for _ in range(MAX_ATTEMPTS):
         try:
             graphs, hits = state.trace_both(root)
@@ -185,6 +185,7 @@ class _TraceState:
     leaf_types: tuple[type, ...]
     autowrap: tuple[Callable[..., Any], ...]
     leafed: list[Leafed] = field(default_factory=list)
+    inputs: int = 1
 
     def trace_both(self, root: nn.Module) -> tuple[dict[Mode, fx.GraphModule], set[str]]:
         graphs: dict[Mode, fx.GraphModule] = {}
@@ -193,10 +194,11 @@ class _TraceState:
             tracer = SplitterTracer(self.leaf_fqns, self.leaf_types, self.autowrap)
             with _in_mode(root, mode):
                 try:
-                    graph = tracer.trace(root, concrete_args=optional_args(root))
+                    graph = tracer.trace(root, concrete_args=optional_args(root, self.inputs))
                 except Exception as e:
                     raise _diagnose(e, tracer, root, mode) from e
-            graphs[mode] = fx.GraphModule(_renamed(root, graph), graph, type(root).__name__)
+            sink_side_inputs(graph)
+            graphs[mode] = fx.GraphModule(renamed(root, graph), graph, type(root).__name__)
             hits |= tracer.leaf_hits
         return graphs, hits
 
@@ -214,52 +216,17 @@ class _TraceState:
             raise TraceError(_root_failure(failure, root))
 
 
-def public(target: str) -> str:
-    """The model's own dotted name for a graph target (`_renamed_meta.0` is `meta.0`)."""
-    return target.removeprefix(RENAMED)
-
-
-def _renamed(root: nn.Module, graph: fx.Graph) -> nn.Module:
-    """The holder of `graph`'s targets: `root`, or when a top-level name of `root` is an
-    attribute of `fx.GraphModule`, a module holding the same objects with such names prefixed
-    by `RENAMED` (the graph's targets renamed to match); the user's model is untouched."""
-    taken = _graph_module_attributes()
-    top = {t.split(".")[0] for t in graph_targets(graph)}
-    clashes = sorted(top & taken)
-    if not clashes:
-        return root
-    holder = nn.Module()
-    for name in top:
-        value = getattr(root, name)
-        alias = RENAMED + name if name in clashes else name
-        if isinstance(value, nn.Module):
-            holder.add_module(alias, value)
-        elif name in root._buffers:
-            persistent = name not in root._non_persistent_buffers_set
-            holder.register_buffer(alias, value, persistent=persistent)
-        else:
-            setattr(holder, alias, value)
-    for node in graph.nodes:
-        if node.op in ("call_module", "get_attr") and node.target.split(".")[0] in clashes:
-            node.target = RENAMED + node.target
-    return holder
-
-
-@functools.cache
-def _graph_module_attributes() -> frozenset[str]:
-    return frozenset(dir(fx.GraphModule(nn.Module(), fx.Graph())))
-
-
-def optional_args(root: nn.Module) -> dict[str, Any]:
-    """Forward arguments after the first that have defaults (masks, flags) are traced at their
-    defaults, as the model is called with one input; otherwise they would reach every block."""
+def optional_args(root: nn.Module, inputs: int = 1) -> dict[str, Any]:
+    """Forward arguments after the `inputs` first that have defaults (masks, flags) are traced
+    at their defaults, as the model is called with its inputs only; otherwise they would reach
+    every block."""
     try:
         parameters = list(inspect.signature(root.forward).parameters.values())
     except (TypeError, ValueError):
         return {}
     return {
         p.name: p.default
-        for p in parameters[1:]
+        for p in parameters[inputs:]
         if p.default is not inspect.Parameter.empty
         and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
     }
@@ -394,8 +361,3 @@ def _leaf_class(name: str, modules: dict[str, nn.Module]) -> type:
     raise UsageError(
         f"--leaf `{name}` is neither a submodule FQN of the model nor an nn.Module class{hint}"
     )
-
-
-def graph_targets(graph: fx.Graph) -> list[str]:
-    """The submodules and attributes the graph reaches (`call_module` and `get_attr` targets)."""
-    return [str(n.target) for n in graph.nodes if n.op in ("call_module", "get_attr")]

@@ -62,10 +62,17 @@ def spec_document(
 def _model_section(part: Partition, path: str | Path | None) -> dict[str, Any]:
     model, analysis = part.analysis.model, part.analysis
     ref = ref_from(Path(path).parent, model.ref) if path is not None else model.ref
-    section: dict[str, Any] = {"ref": ref, "input_shape": list(model.input.shape)}
-    dtype = str(model.input.dtype).removeprefix("torch.")
-    if dtype != "float32":
-        section["input_dtype"] = dtype
+    section: dict[str, Any] = {"ref": ref}
+    if len(model.inputs) > 1:
+        section["inputs"] = [
+            {"shape": list(i.shape), "dtype": str(i.dtype).removeprefix("torch.")}
+            for i in model.inputs
+        ]
+    else:
+        section["input_shape"] = list(model.input.shape)
+        dtype = str(model.input.dtype).removeprefix("torch.")
+        if dtype != "float32":
+            section["input_dtype"] = dtype
     if analysis.root:
         section["root"] = analysis.root
     return section

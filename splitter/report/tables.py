@@ -33,8 +33,10 @@ def inspect_report(analysis: Analysis, plan: Plan | None = None) -> dict[str, An
         "root": analysis.root,
         "batch_size": model.batch_size,
         "precision": model.precision,
-        "input_shape": [model.batch_size, *analysis.target_input.shape],
-        "input_dtype": str(analysis.target_input.dtype).removeprefix("torch."),
+        "inputs": [
+            {"shape": [model.batch_size, *i.shape], "dtype": str(i.dtype).removeprefix("torch.")}
+            for i in analysis.target_inputs
+        ],
         "nodes": len(gm.graph.nodes),
         "parameters": sum(p.numel() for p in analysis.target.parameters()),
         "total_activation_bytes": analysis.total_activation_bytes,
@@ -232,9 +234,10 @@ def render(report: dict[str, Any], console: Console) -> None:
 def _summary(report: dict[str, Any], width: int) -> Table:
     cuts, diffs = report["cut_points"], report["mode_differences"]
     flops = sum(b["flops"] for b in report["blocks"])
+    inputs = report["inputs"]
     rows = [
         ["model", report["model"] + (f" (root `{report['root']}`)" if report["root"] else "")],
-        ["input", f"{'x'.join(map(str, report['input_shape']))} {report['input_dtype']}"],
+        ["input", " + ".join(f"{'x'.join(map(str, i['shape']))} {i['dtype']}" for i in inputs)],
         ["precision", report["precision"]],
         ["graph nodes (train)", str(report["nodes"])],
         ["parameters", f"{report['parameters']:,}"],

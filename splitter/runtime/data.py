@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-Batch = tuple[torch.Tensor, torch.Tensor]
+Batch = tuple[Any, torch.Tensor]
+"""A batch's model input (a tensor, or a tuple with one per input of a forward that takes
+several) and its labels."""
 Sample = tuple[torch.Tensor, int]
 
 MEAN_STD = {  # per RGB channel, of the images in [0, 1]
@@ -67,21 +69,30 @@ class Generated:
     shape: tuple[int, ...]
     dtype: torch.dtype
     seed: int
+    more: tuple[tuple[tuple[int, ...], torch.dtype], ...] = ()
+    """The shape and dtype of the model's other inputs, each made as the first is."""
 
     def __len__(self) -> int:
         return len(self.y)
 
-    def sample(self, index: int) -> torch.Tensor:
-        """Uniform values normalised to mean 0, std about 1.15, or token ids in {0, 1}."""
-        g = torch.Generator().manual_seed(self.seed + index)
-        if self.dtype.is_floating_point:
-            return (torch.rand(self.shape, generator=g) - 0.5) / 0.25
-        return torch.randint(0, 2, self.shape, generator=g)
+    def sample(
+        self, index: int, shape: tuple[int, ...], dtype: torch.dtype, which: int = 0
+    ) -> torch.Tensor:
+        """Input `which` of sample `index`: uniform values normalised to mean 0, std about
+        1.15, or token ids in {0, 1}."""
+        g = torch.Generator().manual_seed(self.seed + index + 500_009 * which)
+        if dtype.is_floating_point:
+            return (torch.rand(shape, generator=g) - 0.5) / 0.25
+        return torch.randint(0, 2, shape, generator=g)
 
     def batches(self, order: list[list[int]], seed: int) -> Iterator[Batch]:
+        inputs = ((self.shape, self.dtype), *self.more)
         for batch in order:
-            x = torch.stack([self.sample(i) for i in batch]).to(self.dtype)
-            yield x, self.y[torch.tensor(batch, dtype=torch.int64)]
+            x = tuple(
+                torch.stack([self.sample(i, *spec, which=n) for i in batch]).to(spec[1])
+                for n, spec in enumerate(inputs)
+            )
+            yield x if self.more else x[0], self.y[torch.tensor(batch, dtype=torch.int64)]
 
 
 class Seeded(Dataset[Sample]):
@@ -184,15 +195,23 @@ def load_data(
     seed: int = 0,
     padding: str = "zero",
     flip: bool = True,
+    more_inputs: Sequence[tuple[tuple[int, ...], torch.dtype]] = (),
 ) -> Data:
     """The data set `name` for a model taking samples of `input_shape` and `input_dtype`;
     CIFAR, SVHN and STL-10 train on random crops of the image padded by 4 (`padding`: `zero`
-    or `reflect`) and, with `flip`, horizontal flips (never for SVHN's digits)."""
+    or `reflect`) and, with `flip`, horizontal flips (never for SVHN's digits). `more_inputs`:
+    the shape and dtype of the model's other inputs, which only `synthetic` makes."""
     shape = tuple(input_shape)
     if name == "synthetic":
-        return _synthetic(shape, input_dtype, 10 if num_classes is None else num_classes, seed)
+        classes = 10 if num_classes is None else num_classes
+        return _synthetic(shape, input_dtype, classes, seed, tuple(more_inputs))
     if name not in DATA_SETS:
         raise DataError(f"unknown data set `{name}`; choose one of: {', '.join(DATA_SETS)}")
+    if more_inputs:
+        raise DataError(
+            f"`{name}` holds images alone, but the model takes {1 + len(more_inputs)} inputs; "
+            "use `--data synthetic`, or feed your own batches to `train.local_step`"
+        )
     if len(shape) != 3 or not input_dtype.is_floating_point:
         raise DataError(
             f"`{name}` are images, but the model takes input of shape {shape} "
@@ -214,7 +233,13 @@ def load_data(
 # ---------------------------------------------------------------- in memory
 
 
-def _synthetic(shape: tuple[int, ...], dtype: torch.dtype, num_classes: int, seed: int) -> Data:
+def _synthetic(
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+    num_classes: int,
+    seed: int,
+    more: tuple[tuple[tuple[int, ...], torch.dtype], ...] = (),
+) -> Data:
     """Random inputs and labels: uniform images, or token ids in {0, 1} for integer inputs;
     1024 training and 256 test samples, made batch by batch."""
     if num_classes < 1:
@@ -223,7 +248,7 @@ def _synthetic(shape: tuple[int, ...], dtype: torch.dtype, num_classes: int, see
     labels = [torch.randint(0, num_classes, (n,), generator=g) for n in (1024, 256)]
     base = seed * 1_000_003 * 4
     train, test = (
-        Generated(y, shape, dtype, base + 2 * 1_000_003 * i) for i, y in enumerate(labels)
+        Generated(y, shape, dtype, base + 2 * 1_000_003 * i, more) for i, y in enumerate(labels)
     )
     c = shape[0] if len(shape) >= 2 else 1
     mean, std = ((0.5,) * c, (0.25,) * c) if dtype.is_floating_point else ((0.0,), (1.0,))

@@ -14,7 +14,18 @@ import torch.distributed as dist
 import pipeline
 from auxiliary import Momentum
 from checkpoint import merge, stage_state
-from step import Flight, Step, block_step, e2e_step, local_step, needs_image, select_output
+from step import (
+    Flight,
+    Inputs,
+    Step,
+    as_tuple,
+    block_step,
+    e2e_step,
+    local_step,
+    moved,
+    needs_image,
+    select_output,
+)
 
 
 class Sequential:
@@ -28,8 +39,8 @@ class Sequential:
         s = self.s
         for step, (x, y) in batches(s, self.args, a, b):
             began = time.perf_counter()
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            with s.memory.step((x, y), s.optimizers):
+            x, y = moved(x, self.device), y.to(self.device, non_blocking=True)
+            with s.memory.step((*as_tuple(x), y), s.optimizers):
                 (e2e_step if self.args.mode == "e2e" else local_step)(s, x, y, step)
             times.append(time.perf_counter() - began)
             yield step
@@ -38,13 +49,13 @@ class Sequential:
         """Test accuracy of the model (the blocks share its modules)."""
         correct = seen = 0
         for x, y in test:
-            logits = self.forward(x.to(self.device))
+            logits = self.forward(moved(x, self.device))
             correct += int((logits.argmax(dim=1).cpu() == y).sum())
             seen += len(y)
         return correct / max(1, seen)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits: torch.Tensor = select_output(self.s.parts.model(x))
+    def forward(self, x: Inputs) -> torch.Tensor:
+        logits: torch.Tensor = select_output(self.s.parts.model(*as_tuple(x)))
         return logits
 
     def close(self) -> None:

@@ -17,6 +17,24 @@ from memory import Allocator, Usage
 from recompute import recomputed
 from settings import LOCK
 
+Inputs = torch.Tensor | tuple[torch.Tensor, ...]
+"""A batch's model input: one tensor, or one per input of a forward that takes several."""
+
+
+def as_tuple(x: Inputs) -> tuple[torch.Tensor, ...]:
+    return (x,) if isinstance(x, torch.Tensor) else tuple(x)
+
+
+def moved(x: Inputs, device: torch.device) -> Inputs:
+    if isinstance(x, torch.Tensor):
+        return x.to(device, non_blocking=True)
+    return tuple(t.to(device, non_blocking=True) for t in x)
+
+
+def fed(block: nn.Module, x: torch.Tensor, others: dict[str, torch.Tensor]) -> Any:
+    """Block `block` on `x` and the model's other inputs it reads (its `reads`)."""
+    return block(x, *(others[name] for name in getattr(block, "reads", ())))
+
 
 @dataclass
 class Parts:
@@ -28,6 +46,15 @@ class Parts:
     num_classes: int
     windows: list[int]
     """How many blocks each block's loss trains (more than 1 only for MLAAN)."""
+    inputs: tuple[str, ...] = ("x",)
+    """The model's inputs by name, in the forward's order (a batch's `x` is a tuple of them
+    when there are several)."""
+
+    def split_inputs(self, x: Inputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """A batch's first input, which block 0 is given, and the others by name."""
+        if isinstance(x, torch.Tensor):
+            return x, {}
+        return x[0], dict(zip(self.inputs[1:], x[1:], strict=True))
 
     @property
     def reach(self) -> int:
@@ -73,9 +100,14 @@ class Local(nn.Module):
         self.block, self.auxiliary = block, auxiliary
 
     def forward(
-        self, x: torch.Tensor, y: torch.Tensor, image: torch.Tensor, history: list[torch.Tensor]
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        image: torch.Tensor,
+        history: list[torch.Tensor],
+        others: dict[str, torch.Tensor],
     ) -> tuple[Any, torch.Tensor, torch.Tensor]:
-        out = self.block(x)
+        out = fed(self.block, x, others)
         if self.auxiliary is None:
             loss, logits = task_loss(out, y)
             return out, loss, logits
@@ -100,13 +132,16 @@ class Flight:
     """The un-normalised input, for auxiliaries that reconstruct it (else empty)."""
     history: list[torch.Tensor]
     """The detached inputs of the last blocks (MLAAN recomputes its window from them)."""
+    others: dict[str, torch.Tensor] = field(default_factory=dict)
+    """The model's other inputs, by name, for the blocks that read them."""
 
     def to(self, device: torch.device) -> Flight:
         def move(t: torch.Tensor) -> torch.Tensor:
             return t.to(device, non_blocking=True)
 
         history = [move(t) for t in self.history]
-        return Flight(self.step, history[-1], move(self.y), move(self.image), history)
+        others = {name: move(t) for name, t in self.others.items()}
+        return Flight(self.step, history[-1], move(self.y), move(self.image), history, others)
 
 
 @dataclass
@@ -150,7 +185,7 @@ def block_step(s: Step, k: int, f: Flight) -> None:
     """Block k on the detached output of the block before: forward, local loss, backward at
     once, its auxiliary's EMA update, and (per-block optimizers) its optimizer step."""
     with s.random.use(k), s.memory.saved.watch(), s.autocast():
-        out, loss, logits = s.locals[k](f.x, f.y, f.image, f.history)
+        out, loss, logits = s.locals[k](f.x, f.y, f.image, f.history, f.others)
     s.scaler.scale(loss).backward()
     s.memory.saved.release()
     if k < s.parts.last:
@@ -168,11 +203,12 @@ def block_step(s: Step, k: int, f: Flight) -> None:
 
 
 def local_step(
-    s: Step, x: torch.Tensor, y: torch.Tensor, step: int | None = None
+    s: Step, inputs: Inputs, y: torch.Tensor, step: int | None = None
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Every block on one batch, in order (the sequential schedule); each block's loss and
     accuracy. `step` sets the learning rate by the schedule (None: as the optimizers have it)."""
-    f = Flight(step, x, y, s.dataset.unnormalise(x), [x])
+    x, others = s.parts.split_inputs(inputs)
+    f = Flight(step, x, y, s.dataset.unnormalise(x), [x], others)
     for k in range(len(s.parts.blocks)):
         block_step(s, k, f)
     if not s.per_block:
@@ -182,12 +218,15 @@ def local_step(
 
 
 def e2e_step(
-    s: Step, x: torch.Tensor, y: torch.Tensor, step: int | None = None
+    s: Step, inputs: Inputs, y: torch.Tensor, step: int | None = None
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The unsplit model on the task loss, one backward through everything (with
     `--checkpoint`, its blocks in a row, each but the last recomputed in the backward)."""
     with s.memory.saved.watch(), s.autocast():
-        out = checkpointed(s.parts.blocks, x) if s.checkpointed else s.parts.model(x)
+        if s.checkpointed:
+            out = checkpointed(s.parts.blocks, *s.parts.split_inputs(inputs))
+        else:
+            out = s.parts.model(*as_tuple(inputs))
         loss, logits = task_loss(out, y)
     s.scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
     s.memory.saved.release()
@@ -200,14 +239,17 @@ def e2e_step(
     return s.latest  # type: ignore[return-value]
 
 
-def checkpointed(blocks: nn.ModuleList, x: torch.Tensor) -> Any:
+def checkpointed(
+    blocks: nn.ModuleList, x: torch.Tensor, others: dict[str, torch.Tensor] | None = None
+) -> Any:
     """The model's forward as its blocks in a row (the blocks compose to the model: `verify`
     checks it), each but the last under activation checkpointing: the backward keeps only the
     block inputs and recomputes one block's activations at a time (recompute.py: the same
     random state, the buffers put back, so the weights are plain e2e's)."""
+    others = others or {}
     for block in blocks[:-1]:
-        x = recomputed(block, block, x)
-    return blocks[-1](x)
+        x = recomputed(block, fed, block, x, others)
+    return fed(blocks[-1], x, others)
 
 
 def step_optimizer(s: Step, optimizer: torch.optim.Optimizer, step: int | None) -> None:

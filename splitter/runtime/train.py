@@ -97,7 +97,8 @@ def build(seed: int) -> Parts:
     num_classes = PACKAGE["num_classes"]
     auxiliaries = blocks.build_auxiliaries(net, split, num_classes)
     windows = [int(getattr(a, "window", 1)) for a in auxiliaries] + [1]
-    return Parts(net, split, auxiliaries, num_classes, windows)
+    inputs = tuple(getattr(blocks, "INPUTS", ("x",)))
+    return Parts(net, split, auxiliaries, num_classes, windows, inputs)
 
 
 def check_fingerprint(net: nn.Module) -> None:
@@ -123,10 +124,14 @@ def make_optimizers(parts: Parts, mode: str) -> list[torch.optim.Optimizer]:
 
 def load_dataset(args: argparse.Namespace, num_classes: int) -> data.Data:
     model_spec = LOCK["model"]
+    inputs = model_spec.get("inputs") or [
+        {"shape": model_spec["input_shape"], "dtype": model_spec["input_dtype"]}
+    ]
     dataset = data.load_data(
         args.data,
-        tuple(model_spec["input_shape"]),
-        getattr(torch, model_spec["input_dtype"]),
+        tuple(inputs[0]["shape"]),
+        getattr(torch, inputs[0]["dtype"]),
+        more_inputs=[(tuple(i["shape"]), getattr(torch, i["dtype"])) for i in inputs[1:]],
         num_classes=TRAINING["data"]["num_classes"]
         or (num_classes if args.data == "synthetic" else None),
         root=args.data_root,
@@ -227,6 +232,12 @@ def saves_seen(parts: Parts, args: argparse.Namespace) -> Literal["all", "partly
 
 def make_schedule(s: Step, args: argparse.Namespace, placement: Placement) -> Schedule:
     """This rank's pipeline stage, a wavefront over several devices, or one device's run."""
+    several = len(s.parts.inputs) > 1
+    if several and (len(placement.groups) > 1 or placement.layout is not None):
+        raise ConfigError(
+            f"the model takes {len(s.parts.inputs)} inputs ({', '.join(s.parts.inputs)}), which "
+            "train on one device for now: give one --device and run without torchrun"
+        )
     if placement.layout is not None and placement.channels is not None:
         layout, channels = placement.layout, placement.channels
         return Pipeline(s, args, layout, placement.groups, placement.devices[0], channels)

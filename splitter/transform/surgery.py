@@ -6,7 +6,7 @@ import copy
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 import torch.fx as fx
@@ -14,7 +14,8 @@ from torch import nn
 
 from splitter.analysis.cuts import CutPoint, data_graph
 from splitter.errors import SurgeryError
-from splitter.frontend.trace import MODES, Mode, TracedModel, graph_targets, public
+from splitter.frontend.rewrite import graph_targets, input_nodes, public
+from splitter.frontend.trace import MODES, Mode, TracedModel
 
 ORIGIN_KEY = "splitter_origin"
 """Node meta of a block's input: the name of the model's node whose value it is."""
@@ -30,10 +31,14 @@ class Block(nn.Module):
     ) -> None:
         super().__init__()
         self.index, self.start, self.end = index, start, end
+        self.extras = extra_inputs(graphs["train"])
+        """The model's other inputs this block reads after the one it is given, by name."""
         targets = [t for g in graphs.values() for t in graph_targets(g)]
         for target in dict.fromkeys(targets):
             _copy_attr(root, self, target)
         self.graphs = graphs
+        self.inputs: tuple[str, ...] = ()
+        """The model's inputs by name, in the forward's order (set by `split`)."""
         self._compiled: dict[Mode, fx.GraphModule] = {}
         self.recompile()
 
@@ -71,11 +76,18 @@ class Chain(nn.Module):
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
 
-    def forward(self, *args: Any) -> Any:
-        out = self.blocks[0](*args)
-        for block in list(self.blocks)[1:]:
-            out = block(out)
+    def forward(self, *inputs: Any) -> Any:
+        out = inputs[0]
+        for block in self.blocks:
+            out = feed(cast(Block, block), out, inputs)
         return out
+
+
+def feed(block: Block, x: Any, inputs: Sequence[Any]) -> Any:
+    """Block `block` on `x` and the model inputs it reads besides (`inputs`: all of them,
+    in the forward's order)."""
+    names = block.inputs
+    return block(x, *(inputs[names.index(name)] for name in block.extras))
 
 
 @dataclass(frozen=True)
@@ -109,15 +121,49 @@ def split(
         )
         for mode in MODES
     }
+    inputs = model_inputs(traced.graph("train").graph)
+    for k in range(len(cuts) + 1):
+        same_inputs([per_mode[m][k] for m in MODES], inputs)
     blocks = [
         Block(k, names[k], names[k + 1], traced.root, {m: per_mode[m][k] for m in MODES})
         for k in range(len(cuts) + 1)
     ]
+    for block in blocks:
+        block.inputs = inputs
     shared = _apply_policy(traced.root, blocks, shared_params)
     return Surgery(blocks, shared)
 
 
 # ---------------------------------------------------------------- graph splitting
+
+
+def model_inputs(graph: fx.Graph) -> tuple[str, ...]:
+    """The forward's inputs by name, in order."""
+    return tuple(str(n.target) for n in input_nodes(graph))
+
+
+def extra_inputs(graph: fx.Graph) -> tuple[str, ...]:
+    """The inputs of a block's graph after the first (the value it is given): the model's
+    other inputs it reads, by name."""
+    return model_inputs(graph)[1:]
+
+
+def same_inputs(graphs: Sequence[fx.Graph], order: Sequence[str]) -> None:
+    """Give the graphs of one block the same inputs (a mode may read an input the other does
+    not), first the value the block is given, then the model's other inputs in `order`."""
+    wanted = {name for g in graphs for name in extra_inputs(g)}
+    for graph in graphs:
+        given = next(iter(graph.nodes))
+        held = {str(n.target): n for n in input_nodes(graph) if n is not given}
+        anchor = given
+        for name in [n for n in order if n in wanted]:
+            node = held.get(name)
+            if node is None:
+                with graph.inserting_after(anchor):
+                    node = graph.placeholder(name)
+            else:
+                anchor.append(node)
+            anchor = node
 
 
 def _split_graph(gm: fx.GraphModule, cut_nodes: Sequence[str]) -> list[fx.Graph]:

@@ -16,7 +16,7 @@ from schemas.auxiliary import MlaanAux
 from splitter.analysis.cuts import CutPoint
 from splitter.analysis.outputs import other_outputs, without
 from splitter.transform.compare import rel_diff, tree_equal
-from splitter.transform.surgery import Block, Surgery, swapped
+from splitter.transform.surgery import Block, Surgery, feed, swapped
 
 if TYPE_CHECKING:
     from splitter.partitioning.plan import Plan
@@ -74,32 +74,32 @@ def verify(
     graphs: dict[str, fx.GraphModule],
     cuts: Sequence[CutPoint],
     surgery: Surgery,
-    x: torch.Tensor,
+    inputs: torch.Tensor | Sequence[torch.Tensor],
     *,
-    whole: tuple[nn.Module, str, torch.Tensor] | None = None,
+    whole: tuple[nn.Module, str, Sequence[torch.Tensor]] | None = None,
     seed: int = 0,
     windows: Sequence[int] = (),
     untrained_outputs: frozenset[int | str] = frozenset(),
 ) -> Verification:
     """Check (a) equivalence in eval and train mode, (b) isolation of every block's local
-    backward, (c) that every trainable parameter is trained by exactly one block's own loss.
-    `whole` is (model, root FQN, model input) when only a submodule is split. `windows[k]`
-    (default 1) is how many blocks block k's local loss declares it trains: MLAAN's cascaded
-    loss runs blocks k-w+1..k again from the detached input of block k-w+1, so isolation then
-    means nothing outside that window, and not that window's input, gets a gradient.
-    `untrained_outputs` are the model's outputs the task loss leaves out (weight 0)."""
+    backward, (c) that every trainable parameter is trained by exactly one block's own loss, on
+    `inputs` (all of them, in order). `whole`: (model, root FQN, its inputs) when a submodule is
+    split. `windows[k]` (default 1): how many blocks block k's local loss declares it trains
+    (MLAAN's cascade reruns blocks k-w+1..k from the detached input of block k-w+1, so nothing
+    outside, nor that input, may get a gradient). `untrained_outputs`: outputs at weight 0."""
+    inputs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
     spans = [
         max(0, k - (windows[k] if k < len(windows) else 1) + 1) for k in range(len(surgery.blocks))
     ]
     with _restored(target):
         eval_outs, eval_ref, eager_eval = _run_both(
-            target, graphs["eval"], cuts, surgery, x, "eval", seed
+            target, graphs["eval"], cuts, surgery, inputs, "eval", seed
         )
         train_outs, train_ref, eager_train = _run_both(
-            target, graphs["train"], cuts, surgery, x, "train", seed
+            target, graphs["train"], cuts, surgery, inputs, "train", seed
         )
-        grads = _local_backwards(surgery.blocks, x, spans, untrained_outputs)
-        trained = _trained(surgery.blocks, x, spans, grads, untrained_outputs)
+        grads = _local_backwards(surgery.blocks, inputs, spans, untrained_outputs)
+        trained = _trained(surgery.blocks, inputs, spans, grads, untrained_outputs)
         whole_equal = _whole_model_equal(whole, surgery) if whole else None
     sync = {id(p) for p in _sync_params(surgery)}
     checks = [
@@ -149,7 +149,7 @@ def _run_both(
     gm: fx.GraphModule,
     cuts: Sequence[CutPoint],
     surgery: Surgery,
-    x: torch.Tensor,
+    inputs: Sequence[torch.Tensor],
     mode: str,
     seed: int,
 ) -> tuple[list[Any], list[Any], Any]:
@@ -163,22 +163,22 @@ def _run_both(
     with torch.no_grad():
         torch.manual_seed(seed)
         runner = fx.Interpreter(gm, garbage_collect_values=False)
-        final = runner.run(x)
+        final = runner.run(*inputs)
         by_name = {n.name: v for n, v in runner.env.items()}
         reference = [by_name[n] for n in nodes] + [final]
         torch.manual_seed(seed)
-        eager = target(x)
+        eager = target(*inputs)
         torch.manual_seed(seed)
-        outs, h = [], x
+        outs, h = [], inputs[0]
         for block in surgery.blocks:
-            h = block(h)
+            h = feed(block, h, inputs)
             outs.append(h)
     return outs, reference, eager
 
 
 def _trained(
     blocks: Sequence[Block],
-    x: torch.Tensor,
+    inputs: Sequence[torch.Tensor],
     spans: Sequence[int],
     grads: list[dict[int, float]],
     left_out: frozenset[int | str],
@@ -192,7 +192,7 @@ def _trained(
     if all(g.get(pid, 0.0) > 0 for g, ids in zip(grads, own, strict=True) for pid in ids):
         return grads
     with _nudged([p for b in blocks for p in b.parameters()]):
-        calm = _local_backwards(blocks, x, spans, left_out, train=False)
+        calm = _local_backwards(blocks, inputs, spans, left_out, train=False)
     return [
         {pid: max(a.get(pid, 0.0), b.get(pid, 0.0)) for pid in a.keys() | b.keys()}
         for a, b in zip(grads, calm, strict=True)
@@ -216,7 +216,7 @@ def _nudged(params: Sequence[torch.Tensor]) -> Iterator[None]:
 
 def _local_backwards(
     blocks: Sequence[Block],
-    x: torch.Tensor,
+    inputs: Sequence[torch.Tensor],
     spans: Sequence[int],
     left_out: frozenset[int | str] = frozenset(),
     train: bool = True,
@@ -227,9 +227,9 @@ def _local_backwards(
     params = [p for b in blocks for p in b.parameters()]
     for block in blocks:
         block.train(train)
-    attached, h = [], x
+    attached, h = [], inputs[0]
     for block in blocks[:-1]:
-        h = block(h)
+        h = feed(block, h, inputs)
         if h.requires_grad:
             h.retain_grad()
         attached.append(h)
@@ -238,10 +238,10 @@ def _local_backwards(
         for t in (*params, *attached):
             t.grad = None
         first = spans[k]
-        h = x if first == 0 else attached[first - 1].detach()
+        h = inputs[0] if first == 0 else attached[first - 1].detach()
         for earlier in blocks[first:k]:
-            h = earlier(h)
-        out = block(h)
+            h = feed(earlier, h, inputs)
+        out = feed(block, h, inputs)
         loss = _surrogate_loss(without(out, left_out) if k == len(blocks) - 1 else out)
         if loss.requires_grad:  # a block without parameters has nothing to train
             torch.autograd.backward(loss)
@@ -350,15 +350,17 @@ def _sync_params(surgery: Surgery) -> list[torch.Tensor]:
     return [p for b in surgery.blocks for n, p in b.named_parameters() if n in shared_names]
 
 
-def _whole_model_equal(whole: tuple[nn.Module, str, torch.Tensor], surgery: Surgery) -> bool:
-    model, root, x = whole
+def _whole_model_equal(
+    whole: tuple[nn.Module, str, Sequence[torch.Tensor]], surgery: Surgery
+) -> bool:
+    model, root, inputs = whole
     training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            original = model(x)
+            original = model(*inputs)
             with swapped(model, root, surgery.chain().eval()):
-                chained = model(x)
+                chained = model(*inputs)
     finally:
         model.train(training)
     return tree_equal(chained, original)
@@ -368,17 +370,18 @@ def verify_plan(plan: Plan, batch_size: int = 2, seed: int = 0) -> Verification:
     """`verify` on a plan's blocks, with real inputs of `batch_size` samples."""
     analysis = plan.analysis
     torch.manual_seed(seed)
-    x = analysis.target_input.batch(batch_size)
+    inputs = [i.batch(batch_size) for i in analysis.target_inputs]
     whole = None
     if analysis.root:
-        whole = (analysis.model.module, analysis.root, analysis.model.input.batch(batch_size))
+        model_inputs = [i.batch(batch_size) for i in analysis.model.inputs]
+        whole = (analysis.model.module, analysis.root, model_inputs)
     graphs = {"train": analysis.traced.graph("train"), "eval": analysis.traced.graph("eval")}
     return verify(
         analysis.target,
         graphs,
         plan.cuts,
         plan.surgery,
-        x,
+        inputs,
         whole=whole,
         seed=seed,
         windows=declared_windows(plan),
