@@ -135,6 +135,17 @@ def test_detection_backbone_verifies_as_root() -> None:
     verified(analysis, "{cuts: %s}" % json.dumps(cuts), root="backbone.body")
 
 
+def test_a_two_input_model_verifies_as_root_raft_small() -> None:
+    """torchvision's raft_small takes two images; its feature encoder, called on both at once,
+    splits and verifies, and the whole model with it split computes the original."""
+    image = ((3, 128, 128), None)
+    options = ModelOptions(batch_size=2, input_shape=image[0], more_inputs=(image,))
+    analysis = check("torchvision:raft_small", options, root="feature_encoder")
+    assert analysis.model.inputs[1].shape == (3, 128, 128)
+    cuts = evenly_spaced([c.name for c in analysis.cuts.cuts], 2)
+    verified(analysis, "{cuts: %s}" % json.dumps(cuts), root="feature_encoder")
+
+
 def test_the_zoo_is_complete() -> None:
     assert len(TORCHVISION) == 80
 
