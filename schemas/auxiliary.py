@@ -90,7 +90,8 @@ class InfoProAux(_Aux):
 
 
 class AugmentedAux(_Aux):
-    """AugLocal: fresh copies of units sampled from the rest of the network, then a classifier."""
+    """AugLocal: layers sampled from the rest of the network, built anew (ResNet-style blocks at
+    the sampled widths, as AugLocal's code; other units as fresh copies), then a classifier."""
 
     kind: Literal["augmented"] = "augmented"
     """Selects this auxiliary: `augmented`."""

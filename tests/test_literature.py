@@ -3,6 +3,7 @@ AugLocal's sampled units and depths, and what each kind refuses."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -68,8 +69,19 @@ def test_infopro_is_refused_on_token_sequences(tmp_path: Path) -> None:
 def test_infopro_serves_as_the_head_of_momentum(tmp_path: Path) -> None:
     out = package(tmp_path, ["layer1.2", "layer2.1"], "{kind: momentum, head: {kind: infopro}}")
     with load_package(out) as train:
-        metrics = train.train(["--data", "synthetic", "--steps", "2", "--batch-size", "8",
-                               "--out", str(tmp_path / "runs"), "--no-checkpoint"])
+        metrics = train.train(
+            [
+                "--data",
+                "synthetic",
+                "--steps",
+                "2",
+                "--batch-size",
+                "8",
+                "--out",
+                str(tmp_path / "runs"),
+                "--no-checkpoint",
+            ]
+        )
         parts = train.build(0)
     assert type(parts.auxiliaries[0].head).__name__ == "InfoPro"
     assert all(loss == loss for loss in metrics["block_losses"])
@@ -84,51 +96,108 @@ def unit_index(cut: str) -> int:
     return STAGES[stage] + int(block)
 
 
-def expected_sampled(k: int, blocks: int, last: int, n: int = 16, d: int = 3, tau: float = 0.5
-                     ) -> list[int]:
-    """DESIGN 3, written out again as the oracle."""
-    if blocks == 2:
-        depth = d
-    else:
-        ratio = k * tau / (blocks - 2)
-        depth = max(1, round(d * (1 - ratio) + ratio))
+LAYERS = ["relu", *(f"layer{s}.{i}" for s in (1, 2, 3) for i in range(5))]
+"""AugLocal's 16 layers of ResNet-32 (`configs.py`): the stem, then the 15 BasicBlocks."""
+WIDTHS = [16] * 6 + [32] * 5 + [64] * 5  # AugLocal's `net_dim` for ResNet-32
+
+
+def expected_sampled(
+    k: int, blocks: int, last: int, n: int = 16, d: int = 3, tau: float = 0.5
+) -> list[int]:
+    """AugLocal's `AuxNetwork` sampling, written out again as the oracle."""
+    depth = pyramid_depth(k, blocks, d, tau)
     if depth >= n - 1 - last:
         return list(range(last + 1, n))
     return [round(last + (n - last - 1) / depth * i) for i in range(1, depth + 1)]
 
 
-@pytest.mark.parametrize("cuts", [
-    ["layer2.1"],
-    INFOPRO_K8,
-    ["relu", *(f"layer{s}.{i}" for s in (1, 2, 3) for i in range(5))][:15],
-], ids=["K2", "K8", "K16"])
-def test_auglocal_samples_by_the_formula(tmp_path: Path, cuts: list[str]) -> None:
-    out = package(tmp_path, cuts, "{kind: augmented}")
+def pyramid_depth(k: int, blocks: int, d: int, tau: float = 0.5) -> int:
+    """AugLocal's `aux_depth_list` (`--pyramid`), by the block's index."""
+    if blocks == 2:
+        return d
+    ratio = k * tau / (blocks - 2)
+    return max(1, round(d * (1 - ratio) + ratio))
+
+
+def expected_strides(inplanes: int, sampled: list[int]) -> list[int]:
+    """AugLocal's `num_pool`: stride 2 once per doubling of the width."""
+    pools, strides = 0.0, []
+    for index in sampled:
+        pools += math.log2(WIDTHS[index] // inplanes)
+        strides.append(2 if pools >= 1 else 1)
+        pools -= 1 if pools >= 1 else 0
+        inplanes = WIDTHS[index]
+    return strides
+
+
+def auglocal_cuts(depth: int) -> list[str]:
+    """AugLocal's layer-wise split at `--local_module_num 16`: K - d modules, cut after each of
+    the first layers (`train.py`)."""
+    return LAYERS[: 16 - depth - 1]
+
+
+@pytest.mark.parametrize("depth", [2, 3])
+@pytest.mark.parametrize("split", ["K4", "K8", "K16"])
+def test_auglocal_samples_the_papers_layers_and_builds_them_anew(
+    tmp_path: Path, split: str, depth: int
+) -> None:
+    cuts = {"K4": ["layer1.2", "layer2.1", "layer3.0"], "K8": INFOPRO_K8}.get(
+        split, auglocal_cuts(depth)
+    )
+    out = package(tmp_path, cuts, f"{{kind: augmented, depth: {depth}}}")
     with load_package(out) as train:
         parts = train.build(0)
     blocks = len(cuts) + 1
     backbone = {id(p) for p in parts.model.parameters()}
     for k, aux in enumerate(parts.auxiliaries):
         last = 0 if cuts[k] == "relu" else unit_index(cuts[k])
-        assert list(aux.sampled) == expected_sampled(k, blocks, last), (k, cuts[k])
-        copies = [m for m in aux.layers if type(m).__name__.startswith("Unit")]
-        assert len(copies) == len(aux.sampled)
+        expected = expected_sampled(k, blocks, last, d=depth)
+        assert [LAYERS[i] for i in aux.sampled] == [LAYERS[i] for i in expected], (k, cuts[k])
+        built = list(aux.layers)
+        assert [type(m).__name__ for m in built] == ["BasicBlock"] * len(expected)
+        assert [m.conv2.out_channels for m in built] == [WIDTHS[i] for i in expected]
+        assert [m.conv1.stride[0] for m in built] == expected_strides(WIDTHS[last], expected)
+        assert built[0].conv1.in_channels == WIDTHS[last]
+        norm = "BatchNorm1d" if pyramid_depth(k, blocks, depth) <= 1 else "Identity"
+        assert type(aux.head.norm).__name__ == norm
         assert not {id(p) for p in aux.parameters()} & backbone
 
 
-def test_auglocal_copies_are_fresh_and_adapt_shapes(tmp_path: Path) -> None:
-    out = package(tmp_path, INFOPRO_K8, "{kind: augmented}")
+PLAIN = """
+from torch import nn
+
+
+def build_model(num_classes=10):
+    def stage(cin, cout, stride):
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), nn.BatchNorm2d(cout), nn.ReLU())
+    return nn.Sequential(stage(3, 8, 1), stage(8, 8, 1), stage(8, 16, 2), stage(16, 16, 1),
+                         stage(16, 32, 2), stage(32, 32, 1),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, num_classes))
+"""
+
+
+def test_other_units_are_fresh_copies_with_adapters(tmp_path: Path) -> None:
+    (tmp_path / "plain.py").write_text(PLAIN)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        "version: 1\npartition: {cuts: ['0', '1']}\naux: {default: {kind: augmented}}\n"
+    )
+    out = tmp_path / "pkg"
+    compile_package(
+        str(tmp_path / "plain.py"), str(spec), ModelOptions(input_shape=(3, 16, 16)), out=str(out)
+    )
     with load_package(out) as train:
         step, x, y = _step(train)
         aux = step.parts.auxiliaries[0]
-        adapters = [m for m in aux.layers if type(m).__name__ == "Adapter"]
-        assert adapters  # block 0 (16 channels at 32x32) samples units of later stages
-        unit = next(m for m in aux.layers if type(m).__name__.startswith("Unit"))
+        # layers 2, 3 and 5 of 0..5 (`d >= n-1-l` fails), an adapter from layer 3's 16 channels
+        assert [type(m).__name__ for m in aux.layers] == ["Unit0", "Unit1", "Adapter", "Unit2"]
+        assert list(aux.sampled) == [2, 3, 5]
+        unit = aux.layers[0]
         weights = [p for p in unit.parameters() if p.dim() > 1]
         model_weights = {tuple(p.shape): p for p in step.parts.model.parameters()}
         assert not any(torch.equal(w, model_weights[tuple(w.shape)]) for w in weights)
         stats = train.local_step(step, x, y)
-    assert len(stats) == 8 and all(float(loss) == float(loss) for loss, _ in stats)
+    assert len(stats) == 3 and all(float(loss) == float(loss) for loss, _ in stats)
 
 
 def _step(train: ModuleType) -> tuple[object, torch.Tensor, torch.Tensor]:
@@ -166,7 +235,9 @@ def test_mlaan_cascade_reaches_exactly_its_window(mlaan: ModuleType) -> None:
     snapshots = []
 
     def snapshot() -> None:
-        snapshots.append({i: None if p.grad is None else p.grad.clone() for i, (_, p) in owners.items()})
+        snapshots.append(
+            {i: None if p.grad is None else p.grad.clone() for i, (_, p) in owners.items()}
+        )
 
     for aux in step.parts.auxiliaries:  # runs right after each block's local backward
         aux.after_backward = (lambda run: lambda: (snapshot(), run()))(aux.after_backward)
@@ -199,7 +270,9 @@ def test_mlaan_ema_updates_by_the_formula(mlaan: ModuleType) -> None:
     mlaan.local_step(step, x, y)
     for aux, old, src in zip(coupled, before, sources, strict=True):
         for new, o, s in zip(aux.ema.parameters(), old, src, strict=True):
-            torch.testing.assert_close(new, aux.decay * o + (1 - aux.decay) * s, rtol=1e-6, atol=1e-7)
+            torch.testing.assert_close(
+                new, aux.decay * o + (1 - aux.decay) * s, rtol=1e-6, atol=1e-7
+            )
             assert new.grad is None
 
 

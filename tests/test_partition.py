@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from schemas import load_spec
-from splitter.analysis.costs import augmented_units
+from splitter.analysis.sampling import augmented_units
 from splitter.analysis.model import analyze
 from splitter.api import partition
 from splitter.errors import SplitterError

@@ -30,6 +30,7 @@ from splitter.analysis.layouts import (
     infer_layout,
 )
 from splitter.analysis.model import Analysis
+from splitter.analysis.sampling import augmented_units
 from splitter.errors import SplitterError
 from splitter.frontend.annotate import NodeCost, annotate, node_cost, output_shape
 from splitter.frontend.inputs import InputSpec
@@ -327,26 +328,6 @@ class CostModel:
         saved activation at once."""
         params = self._sum("param_bytes", 0, self.boundaries)
         return params * (2 + self.state_per_param) + self._sum("saved_bytes", 0, self.boundaries)
-
-
-def augmented_units(
-    feature_ends: Sequence[int], j: int, k: int, blocks: int, depth: int, tau: float
-) -> list[int]:
-    """AugLocal's sampled units after boundary j for block k of `blocks` (DESIGN 3)."""
-    n = len(feature_ends)
-    done = [i for i, end in enumerate(feature_ends) if end <= j]
-    last = done[-1] if done else -1  # the unit the block ends with
-    if blocks > 2:
-        ratio = k * tau / (blocks - 2)
-        d = max(1, round(depth * (1 - ratio) + ratio))
-    else:
-        d = depth
-    if last >= n - 1:
-        return []
-    if d >= n - 1 - last:
-        return list(feature_ends[last + 1 :])
-    picks = sorted({round(last + (n - last - 1) / d * i) for i in range(1, d + 1)})
-    return [feature_ends[i] for i in picks if i > last]
 
 
 class Unservable(SplitterError):

@@ -3,11 +3,12 @@ the model units that auxiliaries copy (momentum's next unit, AugLocal's sampled 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, cast
 
 from schemas.auxiliary import AugmentedAux, ConvAux, InfoProAux, LinearAux, MlaanAux, MomentumAux
-from splitter.analysis.costs import CostModel, augmented_units
+from splitter.analysis.costs import CostModel
 from splitter.analysis.lambdas import loss_weights
 from splitter.analysis.layouts import (
     InfoProDecoder,
@@ -16,10 +17,12 @@ from splitter.analysis.layouts import (
     default_layout,
     infer_layout,
 )
+from splitter.analysis.sampling import auglocal_depth, augmented_units
 from splitter.codegen.source import Imports, ModuleSource, ShapeText, module_source
 from splitter.errors import AuxiliaryError
 from splitter.partitioning.partitioner import settings_from
 from splitter.partitioning.plan import Plan
+from splitter.runtime.auglocal import is_resnet_block
 from splitter.runtime.auxiliary import LAYOUTS, channels
 from splitter.transform.surgery import extra_inputs, span_graph
 
@@ -125,11 +128,49 @@ class AuxiliaryViews:
     # ---------------------------------------------------------------- AugLocal
 
     def augmented(self, config: AugmentedAux, k: int, j: int) -> str:
-        """Fresh copies of the units AugLocal's rule samples after boundary j, with adapters
-        where consecutive shapes differ, then pooling and Linear."""
-        layers, current, sampled = self.leap(k, j, config.depth, config.tau)
-        head = _linear(self.shape(current)[1:], self.layout(config, current, k))
+        """The layers AugLocal's rule samples after boundary j, then pooling, BatchNorm1d at
+        depth 1, and Linear: ResNet-style blocks built anew at the sampled widths (AugLocal's
+        own), else fresh copies of the units with adapters where consecutive shapes differ."""
+        blocks = len(self.bounds) - 1
+        norm = ", norm=True" if auglocal_depth(k, blocks, config.depth, config.tau) <= 1 else ""
+        rebuilt = self.resnet_blocks(k, j, config)
+        if rebuilt is not None:
+            layers, sample, sampled = rebuilt
+            head = f'LinearHead({sample}, "nchw", num_classes{norm})'
+        else:
+            layers, current, sampled = self.leap(k, j, config.depth, config.tau)
+            head = _linear(self.shape(current)[1:], self.layout(config, current, k))
+            head = head.replace("num_classes)", f"num_classes{norm})")
         return f"Augmented([{', '.join(layers)}], {head}, sampled={tuple(sampled)})"
+
+    def resnet_blocks(
+        self, k: int, j: int, config: AugmentedAux
+    ) -> tuple[list[str], tuple[int, ...], list[int]] | None:
+        """AugLocal's blocks after boundary j when every sampled unit is one ResNet-style block
+        of an NCHW map whose width never shrinks: each built anew from the width so far to the
+        sampled one, at stride 2 once per doubling of the width (None otherwise). The layers,
+        the last one's output shape per sample, and the indices of the sampled units."""
+        features = self.costs.feature_unit_ends
+        blocks = len(self.bounds) - 1
+        picked = augmented_units(features, j, k, blocks, config.depth, config.tau)
+        shape = self.shape(j)[1:]
+        if not picked or len(shape) != 3 or self.layout(config, j, k) != "nchw":
+            return None
+        layers, inplanes, size, pools = [], shape[0], list(shape[1:]), 0.0
+        for end in picked:
+            path, out = self.name(end), self.shape(end)[1:]
+            module = dict(self.analysis.target.named_modules()).get(path)
+            if module is None or not is_resnet_block(module) or len(out) != 3:
+                return None
+            width = out[0]
+            if width < inplanes or width % inplanes:
+                return None
+            pools += math.log2(width // inplanes)
+            stride = 2 if pools >= 1 else 1
+            pools -= 1 if stride == 2 else 0
+            layers.append(f'resnet_block(model, "{path}", {inplanes}, {width}, {stride})')
+            inplanes, size = width, [(s + stride - 1) // stride for s in size]
+        return layers, (inplanes, *size), [features.index(end) for end in picked]
 
     def leap(self, k: int, j: int, depth: int, tau: float) -> tuple[list[str], int, list[int]]:
         """AugLocal's units after boundary j as class expressions, with adapters where the

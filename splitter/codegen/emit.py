@@ -141,6 +141,8 @@ class Viewer:
         local = {"from auxiliary import " + ", ".join(used)}
         if "dgl_head(" in text:
             local.add("from dgl import dgl_head")
+        if "resnet_block(" in text:
+            local.add("from auglocal import resnet_block")
         return {
             "header": top,
             "title": self.title(),

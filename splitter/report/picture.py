@@ -17,9 +17,10 @@ import torch.fx as fx
 from torch import nn
 
 from schemas.auxiliary import AugmentedAux, MlaanAux, MomentumAux
-from splitter.analysis.costs import AuxCost, CostModel, augmented_units
+from splitter.analysis.costs import AuxCost, CostModel
 from splitter.analysis.cuts import CONTAINERS, Unit, data_graph, units
 from splitter.analysis.model import Analysis
+from splitter.analysis.sampling import augmented_units
 from splitter.frontend.annotate import node_cost
 from splitter.partitioning.partitioner import Partition
 

@@ -76,16 +76,20 @@ def spatial(shape: tuple[int, ...], layout: Layout) -> list[int]:
 
 
 class LinearHead(nn.Module):
-    """Global average pooling (over every axis but the channels) and one Linear layer."""
+    """Global average pooling (over every axis but the channels), with `norm` BatchNorm1d
+    (AugLocal's head at depth 1), and one Linear layer."""
 
-    def __init__(self, shape: tuple[int, ...], layout: Layout, num_classes: int) -> None:
+    def __init__(
+        self, shape: tuple[int, ...], layout: Layout, num_classes: int, norm: bool = False
+    ) -> None:
         super().__init__()
         check_layout(shape, layout)
         self.layout = layout
+        self.norm = nn.BatchNorm1d(channels(shape, layout)) if norm else nn.Identity()
         self.fc = nn.Linear(channels(shape, layout), num_classes)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.fc(pool(channels_first(h, self.layout), self.layout))
+        out: torch.Tensor = self.fc(self.norm(pool(channels_first(h, self.layout), self.layout)))
         return out
 
 
