@@ -11,7 +11,9 @@ import torch
 from PIL import Image
 
 from splitter.runtime import data as data_module
+from splitter.package import load_package
 from splitter.runtime.data import DATA_SETS, Data, DataError, load_data
+from tests.conftest import example_package
 
 
 @pytest.fixture(scope="module")
@@ -125,14 +127,20 @@ def test_synthetic_images_are_made_per_batch_and_replay() -> None:
     """An ImageNet-sized synthetic set holds its labels only; a sample is the same whichever
     batch it lands in, and train and test samples differ."""
     data = load_data("synthetic", (3, 224, 224), torch.float32, num_classes=1000)
-    held = [t for split in (data.train, data.test) for t in vars(split).values()
-            if isinstance(t, torch.Tensor)]
+    held = [
+        t
+        for split in (data.train, data.test)
+        for t in vars(split).values()
+        if isinstance(t, torch.Tensor)
+    ]
     assert sum(t.numel() * t.element_size() for t in held) == (1024 + 256) * 8
     x, y = next(data.train_batches(0, 4, seed=0))
     order = torch.randperm(1024, generator=torch.Generator().manual_seed(0)).tolist()[:4]
     [(again, labels)] = list(data.train.batches([order[::-1]], 0))
     assert torch.equal(again, x.flip(0)) and torch.equal(labels, y.flip(0))
-    assert not torch.equal(next(data.test_batches(4))[0], data.train.batches([[0, 1, 2, 3]], 0).__next__()[0])
+    assert not torch.equal(
+        next(data.test_batches(4))[0], data.train.batches([[0, 1, 2, 3]], 0).__next__()[0]
+    )
 
 
 def test_synthetic_token_ids_are_valid_in_any_vocabulary() -> None:
@@ -164,6 +172,67 @@ def test_cifar10_needs_a_root_and_never_downloads(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=rf"{tmp_path}.*cifar-10-batches-py"):
         load_data("cifar10", (3, 32, 32), torch.float32, root=str(tmp_path))
     assert list(tmp_path.iterdir()) == []
+
+
+def write_cifar10(root: Path, per_batch: int = 8) -> None:
+    """A CIFAR-10 folder in the data set's own format (`cifar-10-batches-py/`: five training
+    batches, a test batch and the meta file, pickled dicts of uint8 rows R..G..B and labels),
+    with few images: pixel (c, i, j) of image n is (n + c + i + j) % 256, label n % 10."""
+    import pickle
+
+    import numpy as np
+
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    c, i, j = np.meshgrid(np.arange(3), np.arange(32), np.arange(32), indexing="ij")
+    for b, name in enumerate(names):
+        ids = range(b * per_batch, (b + 1) * per_batch)
+        data = np.stack([((n + c + i + j) % 256).astype(np.uint8).reshape(-1) for n in ids])
+        batch = {"data": data, "labels": [n % 10 for n in ids], "batch_label": name}
+        (folder / name).write_bytes(pickle.dumps(batch))
+    classes = ["airplane", "automobile", "bird", "cat", "deer"]
+    classes += ["dog", "frog", "horse", "ship", "truck"]
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": classes}))
+
+
+@pytest.fixture
+def cifar10(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A small CIFAR-10 folder. torchvision checks each file's MD5 against the released
+    archive's, which a folder of 48 images cannot match: only that check is switched off."""
+    import torchvision
+
+    write_cifar10(tmp_path)
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *a, **k: True)
+    monkeypatch.setattr(torchvision.datasets.CIFAR10, "_check_integrity", lambda self: True)
+    return tmp_path
+
+
+def test_cifar10_is_read_from_its_own_file_format(cifar10: Path) -> None:
+    data = load_data("cifar10", (3, 32, 32), torch.float32, root=str(cifar10))
+    assert (data.num_classes, len(data.train), len(data.test)) == (10, 40, 8)
+    [(x, y)] = list(data.test_batches(8))  # no augmentation on the test split
+    assert y.tolist() == [n % 10 for n in range(40, 48)]
+    c, i, j = torch.meshgrid(torch.arange(3), torch.arange(32), torch.arange(32), indexing="ij")
+    pixels = ((40 + c + i + j) % 256).float() / 255
+    mean, std = (torch.tensor(v).view(3, 1, 1) for v in data_module.MEAN_STD["cifar10"])
+    assert torch.allclose(x[0], (pixels - mean) / std, atol=1e-6)
+    batches = list(data.train_batches(0, 8, seed=0))
+    assert len(batches) == 5 and all(x.shape == (8, 3, 32, 32) for x, _ in batches)
+    assert same(batches[1:], list(data.train_batches(0, 8, seed=0, skip=1)))  # crops replay
+
+
+def test_a_package_trains_on_the_cifar10_folder_with_the_mans_recipe(
+    cifar10: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "compiled").mkdir()
+    out = example_package(tmp_path / "compiled", training="{recipe: man-cifar}")
+    with load_package(out) as train:
+        args = ["--data", "cifar10", "--data-root", str(cifar10), "--steps", "2"]
+        metrics = train.train([*args, "--batch-size", "8", "--out", str(tmp_path / "run")])
+        steps = train.load_dataset(train.parse_args(args), 10).train.dataset.transform
+    assert metrics["steps"] == 2 and all(loss == loss for loss in metrics["block_losses"])
+    assert steps.transforms[0].padding_mode == "reflect"  # MAN's CIFAR augmentation
 
 
 def test_unknown_data_set_lists_the_known_ones() -> None:
