@@ -102,7 +102,8 @@ class AugmentedAux(_Aux):
 
 
 class MlaanAux(_Aux):
-    """MLAAN: an independent `conv` loss plus a cascaded loss over a window of blocks."""
+    """MLAAN: an independent loss (pooling and Linear) plus a cascaded loss over a window of
+    blocks and copies of later layers."""
 
     kind: Literal["mlaan"] = "mlaan"
     """Selects this auxiliary: `mlaan`."""
@@ -110,6 +111,16 @@ class MlaanAux(_Aux):
     """Number of blocks, this one included, that the cascaded loss trains together."""
     weights: tuple[float, float] = (0.001, 0.999)
     """Weights of the `[independent, cascaded]` losses."""
+    leap: list[str] | None = None
+    """The model's units the cascade copies after the window, by the cut each ends at (`[layer2.0,
+    layer3.0, layer3.2, layer3.4]`), the first coupled to an EMA copy; null: AugLocal's rule over
+    the units after the block (3 of them). The `mlaan` preset with `partition.paper: mlaan`
+    sets MLAAN's lists."""
+    decay: float = Field(default=0.999, ge=0, lt=1)
+    """The EMA copy's decay (MLAAN's CIFAR default; its README says 0.995)."""
+    ema: Literal["last", "every"] = "last"
+    """Which EMA copies follow their source: `last`, the last auxiliary's only (MLAAN's CIFAR
+    code), or `every` auxiliary's, after its block's backward (its ImageNet code)."""
 
     LEAP_DEPTH: ClassVar[int] = 3
     """Leap units sampled after the block (AugLocal's rule), the first one EMA-coupled."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from schemas.papers import paper_cuts
+from schemas.papers import mlaan_leaps, paper_cuts
 
 Preset = Literal["man", "man++", "infopro", "infopro+man", "dgl", "dgl+man++", "auglocal", "mlaan"]
 
@@ -48,6 +48,32 @@ def expand(preset: str, blocks: int | None) -> dict[str, Any]:
     if preset == "dgl+man++":
         return {"kind": "momentum", "head": {"kind": "conv", "variant": "auxdgl"}}
     return {"kind": "augmented" if preset == "auglocal" else "mlaan"}
+
+
+def expanded(aux: dict[str, Any], partition: object) -> dict[str, Any]:
+    """A raw `aux` section with its `preset` expanded into `default` (for the block count the
+    raw `partition` gives) and, where the preset sets them, per-block settings into `blocks`:
+    every key the section sets itself wins."""
+    given = aux.get("default", {})
+    if not isinstance(given, dict):
+        return aux
+    default = merged(expand(aux["preset"], blocks_asked(partition)), given)
+    blocks = aux.get("blocks", {})
+    per_block = expand_blocks(aux["preset"], partition)
+    if per_block and isinstance(blocks, dict):
+        base = {k: merged(default, v) for k, v in per_block.items()}
+        blocks = {**base, **{k: merged(base.get(k, default), v) for k, v in blocks.items()}}
+    return {**aux, "default": default, "blocks": blocks}
+
+
+def expand_blocks(preset: str, partition: object) -> dict[int, dict[str, Any]]:
+    """Per-block settings of `preset` on a raw `partition` section: MLAAN's leap lists when the
+    split is its own published one (`paper: {name: mlaan, k: 8}`)."""
+    paper = partition.get("paper") if isinstance(partition, dict) else None
+    if preset != "mlaan" or not isinstance(paper, dict) or paper.get("name") != "mlaan":
+        return {}
+    leaps = mlaan_leaps(int(paper.get("k", 0)), int(paper.get("depth", 32)))
+    return {k: {"kind": "mlaan", "leap": leap} for k, leap in enumerate(leaps or [])}
 
 
 def merged(base: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:

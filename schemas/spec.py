@@ -21,7 +21,7 @@ from pydantic import (
 from schemas.auxiliary import AuxConfig, MomentumAux
 from schemas.base import SpecModel, rule
 from schemas.papers import TABLES, Paper, paper_cuts
-from schemas.presets import Preset, blocks_asked, expand, merged
+from schemas.presets import Preset, expanded, merged
 from schemas.recipes import RECIPES, Recipe
 from schemas.size import SIZE_PATTERN, parse_size
 
@@ -155,7 +155,9 @@ class PaperSplit(SpecModel):
     name: Paper
     """`infopro` (InfoPro's table; its "K=16" makes the stem a module), `infopro*` (InfoPro's
     memory-balanced ResNet-110 splits), `man` (MAN's lists: InfoPro's without the stem module,
-    so "K=16" is 15 blocks) or `man++` (MAN's with the stem module back)."""
+    so "K=16" is 15 blocks), `man++` (MAN's with the stem module back) or `mlaan` (MLAAN's:
+    InfoPro's without the stem module, layer-wise at K = 15 and 54; with `aux.preset: mlaan`
+    its leap lists at K = 8, 15 (ResNet-32) and 32, 54 (ResNet-110))."""
     k: PositiveInt
     """The K the paper names, as published (`man`'s K=16 gives 15 blocks)."""
     depth: Literal[32, 110] = 32
@@ -362,13 +364,7 @@ class SplitSpec(SpecModel):
         if not isinstance(aux, dict) or aux.get("preset") not in get_args(Preset):
             return data
         assert isinstance(data, dict)
-        given = aux.get("default", {})
-        default = (
-            merged(expand(aux["preset"], blocks_asked(data.get("partition"))), given)
-            if isinstance(given, dict)
-            else given
-        )
-        return {**data, "aux": {**aux, "default": default}}
+        return {**data, "aux": expanded(aux, data.get("partition"))}
 
     @field_validator("version", mode="before")
     @classmethod

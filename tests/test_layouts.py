@@ -251,7 +251,7 @@ def spec_file(tmp_path: Path, cuts: list[str], aux: str) -> str:
         ("VideoNet", ["stem", "layer1"], "{kind: augmented}",
          ['Adapter((8, 4, 8, 8), "ncdhw", (16, 2, 4, 4), "ncdhw")',
           'Adapter((16, 2, 4, 4), "ncdhw", (2, 4, 4, 16), "ndhwc")']),
-        ("VideoNet", ["stem", "layer1"], "{kind: mlaan}", ['ConvHead((8, 4, 8, 8), "ncdhw"']),
+        ("VideoNet", ["stem", "layer1"], "{kind: mlaan}", ['LinearHead((8, 4, 8, 8), "ncdhw"']),
         ("NhwcNet", ["permute", "stage2", "merge"], "{kind: conv}",
          ['ConvHead((16, 16, 16), "nhwc"', 'ConvHead((8, 8, 32), "nhwc"']),
         ("NhwcNet", ["stage1", "flatten"], "{kind: momentum}",

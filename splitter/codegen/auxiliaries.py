@@ -177,6 +177,12 @@ class AuxiliaryViews:
         shapes differ; the boundary the last one ends at, and the indices of the units."""
         features = self.costs.feature_unit_ends
         picked = augmented_units(features, j, k, len(self.bounds) - 1, depth, tau)
+        layers, current = self.copies(k, j, picked)
+        return layers, current, [features.index(end) for end in picked]
+
+    def copies(self, k: int, j: int, picked: list[int]) -> tuple[list[str], int]:
+        """Fresh copies of the units ending at `picked` after boundary j, with adapters where
+        the shapes differ; the boundary the last one ends at."""
         layers, current = [], j
         for end in picked:
             start = self.costs.unit_start(end)
@@ -184,24 +190,39 @@ class AuxiliaryViews:
                 layers.append(self.adapter(current, start, k))
             layers.append(f"{self.unit(start, end, f'block {k} copies it')}(model)")
             current = end
-        return layers, current, [features.index(end) for end in picked]
+        return layers, current
 
     def mlaan(self, config: MlaanAux, k: int, j: int, window: int) -> str:
-        """The independent `conv` head, the window's blocks, leap copies (the first one
-        EMA-coupled to its source unit), pooling and Linear."""
+        """The independent head (pooling and Linear), the window's blocks, leap copies (the
+        first one EMA-coupled to its source unit), pooling and Linear."""
         sample, layout = self.shape(j)[1:], self.layout(config, j, k)
-        layers, current, _ = self.leap(k, j, MlaanAux.LEAP_DEPTH, MlaanAux.LEAP_TAU)
+        if config.leap is None:
+            layers, current, _ = self.leap(k, j, MlaanAux.LEAP_DEPTH, MlaanAux.LEAP_TAU)
+        else:
+            layers, current = self.copies(k, j, [self.leap_end(name, j, k) for name in config.leap])
         units = [i for i, layer in enumerate(layers) if layer.startswith("Unit")]
         source = layers[units[0]] if units else "None"
         blocks = ", ".join(f"blocks[{i}]" for i in range(k - window + 1, k + 1))
         head = _linear(self.shape(current)[1:], self.layout(None, current, k))
-        weights = (
-            f"weights={tuple(config.weights)}, decay=0.995, coupled={units[0] if units else 0}"
-        )
-        independent = _conv(sample, layout, ConvAux(), self.name(j))
+        updated = config.ema == "every" or k == len(self.bounds) - 3  # the last auxiliary
+        options = f"weights={tuple(config.weights)}, decay={config.decay}"
+        options += f", coupled={units[0] if units else 0}, update_ema={updated}"
+        independent = _linear(sample, layout)
         return (
-            f"Mlaan([{blocks}], {independent}, [{', '.join(layers)}], {source}, {head}, {weights})"
+            f"Mlaan([{blocks}], {independent}, [{', '.join(layers)}], {source}, {head}, {options})"
         )
+
+    def leap_end(self, name: str, j: int, k: int) -> int:
+        """The boundary where the unit named in `leap` ends: one after boundary j."""
+        ends = [b for b in self.costs.unit_ends if j < b < self.costs.boundaries]
+        found = [b for b in ends if name in self.costs.cuts[b - 1].names]
+        if not found:
+            known = ", ".join(f"`{self.name(b)}`" for b in ends) or "none"
+            raise AuxiliaryError(
+                f"block {k}'s `mlaan` auxiliary has `leap` unit `{name}`, which is not a unit end "
+                f"after `{self.name(j)}`; use units after the block: {known}"
+            )
+        return found[0]
 
     def adapter(self, source: int, target: int, k: int) -> str:
         src, dst = self.shape(source)[1:], self.shape(target)[1:]

@@ -324,8 +324,8 @@ class Mlaan(Auxiliary):
     """MLAAN: `weights[0]` times an independent loss (a head on the block's output) plus
     `weights[1]` times a cascaded loss: the blocks of the window recomputed from the detached
     input of its first block (so their gradients cross boundaries inside the window), then
-    trainable weight copies of leap units (AugLocal's rule), the first coupled to an EMA copy
-    of its source unit (`z = leap(z) + ema(z)`), then pooling and Linear."""
+    trainable copies of leap units (MLAAN's lists or AugLocal's rule), the first coupled to an EMA
+    copy of its source unit (`z = leap(z) + ema(z)`), then pooling and Linear."""
 
     def __init__(
         self,
@@ -335,8 +335,9 @@ class Mlaan(Auxiliary):
         source: nn.Module | None,
         head: nn.Module,
         weights: tuple[float, float] = (0.001, 0.999),
-        decay: float = 0.995,
+        decay: float = 0.999,
         coupled: int = 0,
+        update_ema: bool = True,
     ) -> None:
         super().__init__()
         self._blocks = tuple(window)  # real blocks, trained by their own optimizers
@@ -346,6 +347,7 @@ class Mlaan(Auxiliary):
         self.ema = copy.deepcopy(source).requires_grad_(False) if source is not None else None
         self.source = tuple(source.parameters()) if source is not None else ()
         self.weights, self.decay, self.coupled = weights, decay, coupled
+        self.update_ema = update_ema  # MLAAN's CIFAR code updates only the last auxiliary's
 
     def forward(
         self,
@@ -366,7 +368,7 @@ class Mlaan(Auxiliary):
 
     @torch.no_grad()
     def after_backward(self) -> None:
-        if self.ema is not None:
+        if self.ema is not None and self.update_ema:
             ema_update(self.ema, self.source, self.decay)
 
 

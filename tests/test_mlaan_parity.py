@@ -1,0 +1,149 @@
+"""MLAAN computes what its CIFAR code says, to 1e-6, on one block of the bundled ResNet-32 at
+MLAAN's own K = 8 split with its leap lists (`partition: {paper: {name: mlaan, k: 8}}`,
+`aux: {preset: mlaan}`): a reference written here from `resnetMLAAN.py`'s training step
+(functional, in float64) against the emitted package's blocks and auxiliary with the same
+weights on the same batch: the independent loss on the block's output, the cascade over the
+window of two blocks, the leap copies with the first one coupled to its EMA copy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+from splitter.api import compile_package
+from splitter.frontend.modelref import ModelOptions
+from splitter.package import load_package
+from tests.conftest import EXAMPLES
+from tests.test_auglocal_parity import fresh_block as residual
+from tests.test_man_parity import Weights, leaves, relative
+
+BLOCK = 3  # layer2.0 and layer2.1; its window recomputes block 2 (layer1.3, layer1.4)
+LEAP = ["layer3.0", "layer3.2", "layer3.3", "layer3.4"]  # MLAAN's list for module 3 at K = 8
+STRIDES = {"layer2.0": 2, "layer3.0": 2}
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("mlaan")
+    spec = tmp / "spec.yaml"
+    spec.write_text(
+        "version: 1\npartition: {paper: {name: mlaan, k: 8}}\naux: {preset: mlaan}\n"
+        "training: {optimizer_scope: global}\n"
+    )
+    compile_package(
+        str(EXAMPLES / "resnet_cifar" / "model.py"), str(spec), ModelOptions(), out=str(tmp / "pkg")
+    )
+    return tmp / "pkg"
+
+
+def run(z: torch.Tensor, w: Weights, names: list[str], prefix: str = "") -> torch.Tensor:
+    for name in names:
+        z = residual(z, w, f"{prefix}{name}", STRIDES.get(name, 1))
+    return z
+
+
+def linear(z: torch.Tensor, w: Weights, name: str) -> torch.Tensor:
+    return F.linear(z.mean(dim=(2, 3)), w[f"{name}.fc.weight"], w[f"{name}.fc.bias"])
+
+
+def mlaan_loss(
+    y_in: torch.Tensor, y: torch.Tensor, w: dict[str, Weights], coupled: bool = True
+) -> torch.Tensor:
+    """`resnetMLAAN.forward`, module i = 3: x = E3(x_in) for the independent loss, and the
+    cascade z = E3(E2(y_in)); z = Aug[0](z) + EMA[0](z); z = Aug[1:](z);
+    loss = 0.001 CE(net_classifier(x)) + 0.999 CE(aux_classifier(z))."""
+    e2, e3 = ["layer1.3", "layer1.4"], ["layer2.0", "layer2.1"]
+    x = run(run(y_in, w["model"], e2).detach(), w["model"], e3)
+    z = run(run(y_in, w["model"], e2), w["model"], e3)
+    first = run(z, w["leap"], LEAP[:1], "0.")
+    z = first + run(z, w["ema"], LEAP[:1]) if coupled else first
+    for i, name in enumerate(LEAP[1:], start=1):
+        z = run(z, w["leap"], [name], f"{i}.")
+    own = F.cross_entropy(linear(x, w["aux"], "independent"), y)
+    return 0.001 * own + 0.999 * F.cross_entropy(linear(z, w["aux"], "head"), y)
+
+
+def compare(package: Path, coupled: bool = True) -> tuple[dict[str, float], object]:
+    with load_package(package) as train:
+        parts = train.build(0)
+        parts.model.double().train()
+        aux = parts.auxiliaries[BLOCK].double().train()
+        torch.manual_seed(1)
+        y_in = torch.randn(8, 16, 32, 32, dtype=torch.float64)
+        y = torch.randint(0, 10, (8,))
+        w = {
+            "model": leaves(parts.model),
+            "leap": leaves(aux.leap),
+            "ema": {k: v.detach().clone() for k, v in aux.ema.named_parameters()},
+            "aux": leaves(aux),
+        }
+        ref = mlaan_loss(y_in, y, w, coupled)
+        ref.backward()
+        with torch.no_grad():
+            x_in = parts.blocks[BLOCK - 1](y_in)
+        loss, _ = aux(parts.blocks[BLOCK](x_in), y, y_in, [y_in, x_in])
+        loss.backward()
+        found = {"loss": relative(loss.detach(), ref.detach())}
+        for k in (BLOCK - 1, BLOCK):
+            for name, p in parts.blocks[k].named_parameters():
+                found[f"block{k} {name}"] = relative(p.grad, w["model"][name].grad)
+        for name, p in aux.named_parameters():
+            if p.requires_grad:
+                group, key = ("leap", name[5:]) if name.startswith("leap.") else ("aux", name)
+                found[f"aux {name}"] = relative(p.grad, w[group][key].grad)
+        return found, parts
+
+
+def test_the_papers_split_and_leap_lists_are_expanded(package: Path) -> None:
+    lock = yaml.safe_load((package / "spec.lock.yaml").read_text())
+    assert lock["partition"]["cuts"] == [
+        "layer1.0",
+        "layer1.2",
+        "layer1.4",
+        "layer2.1",
+        "layer2.3",
+        "layer3.0",
+        "layer3.2",
+    ]
+    assert lock["aux"]["blocks"][str(BLOCK)]["leap"] == LEAP
+    assert lock["aux"]["blocks"]["6"]["leap"] == ["layer3.3", "layer3.4"]
+    assert lock["aux"]["default"]["decay"] == 0.999
+
+
+def test_mlaan_matches_its_cifar_code(package: Path) -> None:
+    found, _ = compare(package)
+    worst = max(found, key=lambda k: found[k])
+    assert found[worst] < 1e-6, (worst, found[worst])
+    # loss, blocks 2 and 3, the independent head, four leap copies, the head
+    assert len(found) == 1 + 12 + 15 + 2 + (9 + 6 + 6 + 6) + 2
+
+
+def test_a_cascade_without_the_ema_coupling_is_told_apart(package: Path) -> None:
+    found, _ = compare(package, coupled=False)
+    assert max(found.values()) > 1e-3
+
+
+def test_only_the_last_auxiliarys_ema_copy_follows_its_source(package: Path) -> None:
+    """MLAAN's CIFAR code updates `EMA_Net[-1]` alone, from the real layer3.3, with decay 0.999."""
+    with load_package(package) as train:
+        parts = train.build(0)
+    with torch.no_grad():
+        for p in parts.model.parameters():
+            p.add_(1.0)  # the sources move away from the copies' start
+    before = [[p.detach().clone() for p in a.ema.parameters()] for a in parts.auxiliaries]
+    for aux in parts.auxiliaries:
+        aux.after_backward()
+    source = parts.model.get_submodule("layer3.3")
+    for k, aux in enumerate(parts.auxiliaries):
+        after = list(aux.ema.parameters())
+        if k < 6:
+            assert all(torch.equal(a, b) for a, b in zip(after, before[k], strict=True)), k
+        else:
+            expected = [
+                0.999 * b + 0.001 * s for b, s in zip(before[k], source.parameters(), strict=True)
+            ]
+            assert all(torch.allclose(a, e) for a, e in zip(after, expected, strict=True))
