@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field, NonNegativeInt, PositiveInt
@@ -121,6 +122,12 @@ class MlaanAux(_Aux):
     ema: Literal["last", "every"] = "last"
     """Which EMA copies follow their source: `last`, the last auxiliary's only (MLAAN's CIFAR
     code), or `every` auxiliary's, after its block's backward (its ImageNet code)."""
+    first: Literal["cascade", "own"] = "cascade"
+    """Block 0's training: `cascade`, only through block 1's cascaded loss, which recomputes it
+    (MLAAN's CIFAR code: module 0 has no loss of its own), or `own` MLAAN losses."""
+    task_window: PositiveInt = 2
+    """Set on the last auxiliary: how many blocks the task loss trains together, the last one
+    included, recomputed like a cascade (MLAAN's CIFAR code: the last two modules)."""
 
     LEAP_DEPTH: ClassVar[int] = 3
     """Leap units sampled after the block (AugLocal's rule), the first one EMA-coupled."""
@@ -129,6 +136,24 @@ class MlaanAux(_Aux):
     def cascade(self, block: int) -> int:
         """Blocks the cascaded loss of block `block` trains: the window, or all up to it."""
         return min(self.window, block + 1)
+
+
+def loss_windows(configs: Sequence[object]) -> list[int]:
+    """How many blocks each block's loss trains, for the auxiliaries of blocks 0..K-2: MLAAN's
+    cascade (capped at the blocks before it), else 1; and the last block's task loss: the last
+    auxiliary's `task_window` when it is MLAAN's, else 1."""
+    windows = [c.cascade(k) if isinstance(c, MlaanAux) else 1 for k, c in enumerate(configs)]
+    last = configs[-1] if configs else None
+    task = min(last.task_window, len(configs) + 1) if isinstance(last, MlaanAux) else 1
+    return [*windows, task]
+
+
+def first_trained_by_cascade(configs: Sequence[object]) -> bool:
+    """Whether block 0 has no loss of its own (MLAAN's `first: cascade`): only when the loss of
+    block 1 (an auxiliary's cascade, or the task window) recomputes it."""
+    first = configs[0] if configs else None
+    windows = loss_windows(configs)
+    return isinstance(first, MlaanAux) and first.first == "cascade" and windows[1] >= 2
 
 
 HeadConfig = Annotated[

@@ -7,6 +7,7 @@ window of two blocks, the leap copies with the first one coupled to its EMA copy
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import pytest
@@ -134,16 +135,74 @@ def test_only_the_last_auxiliarys_ema_copy_follows_its_source(package: Path) -> 
     with torch.no_grad():
         for p in parts.model.parameters():
             p.add_(1.0)  # the sources move away from the copies' start
-    before = [[p.detach().clone() for p in a.ema.parameters()] for a in parts.auxiliaries]
-    for aux in parts.auxiliaries:
+    auxiliaries = list(parts.auxiliaries)[1:]  # block 0's has no loss, so no EMA copy
+    before = [[p.detach().clone() for p in a.ema.parameters()] for a in auxiliaries]
+    for aux in auxiliaries:
         aux.after_backward()
     source = parts.model.get_submodule("layer3.3")
-    for k, aux in enumerate(parts.auxiliaries):
+    for k, aux in enumerate(auxiliaries, start=1):
         after = list(aux.ema.parameters())
         if k < 6:
-            assert all(torch.equal(a, b) for a, b in zip(after, before[k], strict=True)), k
+            assert all(torch.equal(a, b) for a, b in zip(after, before[k - 1], strict=True)), k
         else:
             expected = [
-                0.999 * b + 0.001 * s for b, s in zip(before[k], source.parameters(), strict=True)
+                0.999 * b + 0.001 * s
+                for b, s in zip(before[k - 1], source.parameters(), strict=True)
             ]
             assert all(torch.allclose(a, e) for a, e in zip(after, expected, strict=True))
+
+
+def test_module_0_trains_only_through_module_1s_cascade(package: Path) -> None:
+    """`resnetMLAAN.forward` gives module 0 no loss (i = 0 only detaches); the cascade of
+    module 1 recomputes it from the stem's input. The package's block 0 step backpropagates
+    nothing; verify still finds every parameter trained, by exactly one loss."""
+    assert "Unsupervised()" in (package / "blocks.py").read_text()
+    with load_package(package) as train:
+        step, _ = train.prepare(train.parse_args(["--data", "synthetic", "--batch-size", "8"]))
+        x, y = next(step.dataset.train_batches(0, 8, 0))
+        steps = importlib.import_module("step")
+        flight = steps.Flight(0, x, y, x, [x])
+        steps.block_step(step, 0, flight)
+        assert all(p.grad is None for p in step.parts.blocks[0].parameters())
+        steps.block_step(step, 1, flight)
+        assert all(p.grad is not None for p in step.parts.blocks[0].parameters())
+
+
+def test_the_task_loss_reaches_the_last_two_modules(package: Path) -> None:
+    """`y = E[-1](E[-2](y)); loss = CE(fc64(pool(y)))`: the last block's loss recomputes block
+    6 from its detached input, and its gradients reach both blocks."""
+    assert "TASK_WINDOW = 2" in (package / "blocks.py").read_text()
+    with load_package(package) as train:
+        step, _ = train.prepare(train.parse_args(["--data", "synthetic", "--batch-size", "8"]))
+        parts = step.parts
+        parts.model.double().train()
+        torch.manual_seed(1)
+        y_in = torch.randn(8, 64, 8, 8, dtype=torch.float64)
+        y = torch.randint(0, 10, (8,))
+        w = leaves(parts.model)
+        z = run(run(y_in, w, ["layer3.1", "layer3.2"]), w, ["layer3.3", "layer3.4"])
+        ref = F.cross_entropy(F.linear(z.mean(dim=(2, 3)), w["fc.weight"], w["fc.bias"]), y)
+        ref.backward()
+        with torch.no_grad():
+            x_in = parts.blocks[6](y_in)
+        _, loss, _ = step.locals[7](x_in, y, y_in, [y_in, x_in], {})
+        loss.backward()
+        found = {"loss": relative(loss.detach(), ref.detach())}
+        for k in (6, 7):
+            for name, p in parts.blocks[k].named_parameters():
+                found[f"block{k} {name}"] = relative(p.grad, w[name].grad)
+    worst = max(found, key=lambda k: found[k])
+    assert found[worst] < 1e-6, (worst, found[worst])
+    assert len(found) == 1 + 12 + 14
+
+
+def test_a_plan_with_mlaans_windows_verifies(package: Path, tmp_path: Path) -> None:
+    from splitter import api
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        "version: 1\npartition: {paper: {name: mlaan, k: 8}}\naux: {preset: mlaan}\n"
+        "training: {optimizer_scope: global}\n"
+    )
+    _, checked = api.verify(str(EXAMPLES / "resnet_cifar" / "model.py"), str(spec), ModelOptions())
+    assert checked.ok, checked

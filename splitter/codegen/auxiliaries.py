@@ -7,7 +7,16 @@ import math
 from dataclasses import dataclass
 from typing import Any, cast
 
-from schemas.auxiliary import AugmentedAux, ConvAux, InfoProAux, LinearAux, MlaanAux, MomentumAux
+from schemas.auxiliary import (
+    AugmentedAux,
+    ConvAux,
+    InfoProAux,
+    LinearAux,
+    MlaanAux,
+    MomentumAux,
+    first_trained_by_cascade,
+    loss_windows,
+)
 from splitter.analysis.costs import CostModel
 from splitter.analysis.lambdas import loss_weights
 from splitter.analysis.layouts import (
@@ -28,7 +37,7 @@ from splitter.transform.surgery import extra_inputs, span_graph
 
 AUX_CLASSES = (
     "Adapter", "Augmented", "Classifier", "ConvHead", "InfoPro", "InfoProDecoder", "InfoProHead",
-    "LinearHead", "Mlaan", "Momentum",
+    "LinearHead", "Momentum",
 )  # fmt: skip
 _WHAT = {"nchw": "an image map", "nhwc": "an image map", "ncl": "a sequence (NCL)"}
 _WHAT |= {"nlc": "a token sequence", "nc": "a feature vector"}
@@ -63,6 +72,16 @@ class AuxiliaryViews:
         self.units: dict[tuple[int, int], ModuleSource] = {}
         self.loss_weights = loss_weights(self.costs, plan.spec.spec.aux, self.bounds)
 
+    @property
+    def configs(self) -> list[Any]:
+        """The auxiliary settings of blocks 0..K-2."""
+        return [aux_config(self.plan, k) for k in range(len(self.bounds) - 2)]
+
+    @property
+    def task_window(self) -> int:
+        """How many blocks the task loss trains (MLAAN's last two, else the last alone)."""
+        return loss_windows(self.configs)[-1]
+
     def views(self) -> list[AuxView]:
         return [self.auxiliary(k) for k in range(len(self.bounds) - 2)]
 
@@ -83,6 +102,9 @@ class AuxiliaryViews:
             return AuxView(comments, expression)
         if isinstance(config, AugmentedAux):
             return AuxView(comments, self.augmented(config, k, j))
+        if k == 0 and first_trained_by_cascade(self.configs):
+            comments.append("no loss of its own: block 1's loss recomputes and trains it (MLAAN)")
+            return AuxView(comments, "Unsupervised()")
         if isinstance(config, MlaanAux):
             window = config.cascade(k)
             comments.append(f"its cascaded loss recomputes blocks {k - window + 1}..{k}")

@@ -143,12 +143,16 @@ class Viewer:
             local.add("from dgl import dgl_head")
         if "resnet_block(" in text:
             local.add("from auglocal import resnet_block")
+        mlaan = [n for n in ("Mlaan", "Unsupervised") if f"{n}(" in text]
+        if mlaan:
+            local.add(f"from mlaan import {', '.join(mlaan)}")
         return {
             "header": top,
             "title": self.title(),
             "imports": _sorted_imports(self.imports.lines, local | self._local_imports()),
             "inputs": repr(self.plan.surgery.blocks[0].inputs),
             "several_inputs": len(self.plan.surgery.blocks[0].inputs) > 1,
+            "task_window": self.aux.task_window,
             "blocks": [
                 {**_template_view(b), "unshared": json.dumps(names), "reads": repr(block.extras)}
                 for b, names, block in zip(blocks, unshared, self.plan.surgery.blocks, strict=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,11 +93,16 @@ def task_loss(out: Any, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 class Local(nn.Module):
     """Block k and its auxiliary (none for the last block, which trains on the task loss):
-    returns the block's output, its local loss and the logits the loss was computed on."""
+    returns the block's output, its local loss and the logits the loss was computed on. With
+    `earlier` blocks (MLAAN's last block), the block runs on them, recomputed from the detached
+    input of the first, so the loss trains them too."""
 
-    def __init__(self, block: nn.Module, auxiliary: nn.Module | None) -> None:
+    def __init__(
+        self, block: nn.Module, auxiliary: nn.Module | None, earlier: Sequence[nn.Module] = ()
+    ) -> None:
         super().__init__()
         self.block, self.auxiliary = block, auxiliary
+        self._earlier = tuple(earlier)  # the real blocks, held (and trained) by their own Local
 
     def forward(
         self,
@@ -107,6 +112,10 @@ class Local(nn.Module):
         history: list[torch.Tensor],
         others: dict[str, torch.Tensor],
     ) -> tuple[Any, torch.Tensor, torch.Tensor]:
+        if self._earlier:
+            x = history[-len(self._earlier) - 1]
+            for block in self._earlier:
+                x = fed(block, x, others)
         out = fed(self.block, x, others)
         if self.auxiliary is None:
             loss, logits = task_loss(out, y)
@@ -186,7 +195,8 @@ def block_step(s: Step, k: int, f: Flight) -> None:
     once, its auxiliary's EMA update, and (per-block optimizers) its optimizer step."""
     with s.random.use(k), s.memory.saved.watch(), s.autocast():
         out, loss, logits = s.locals[k](f.x, f.y, f.image, f.history, f.others)
-    s.scaler.scale(loss).backward()
+    if loss.requires_grad:  # MLAAN's block 0 has no loss of its own
+        s.scaler.scale(loss).backward()
     s.memory.saved.release()
     if k < s.parts.last:
         if k in s.before_ema:

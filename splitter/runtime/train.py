@@ -96,7 +96,8 @@ def build(seed: int) -> Parts:
     split = blocks.build_blocks(net)
     num_classes = PACKAGE["num_classes"]
     auxiliaries = blocks.build_auxiliaries(net, split, num_classes)
-    windows = [int(getattr(a, "window", 1)) for a in auxiliaries] + [1]
+    windows = [int(getattr(a, "window", 1)) for a in auxiliaries]
+    windows.append(int(getattr(blocks, "TASK_WINDOW", 1)))
     inputs = tuple(getattr(blocks, "INPUTS", ("x",)))
     return Parts(net, split, auxiliaries, num_classes, windows, inputs)
 
@@ -156,6 +157,7 @@ def make_locals(parts: Parts, placement: Placement, compiled: bool) -> list[nn.M
         Local(
             torch.compile(block) if compiled else block,
             parts.auxiliaries[k] if k < parts.last else None,
+            parts.blocks[k - parts.windows[k] + 1 : k] if k == parts.last else (),
         )
         for k, block in enumerate(parts.blocks)
     ]

@@ -12,7 +12,7 @@ import torch.fx as fx
 from torch import nn
 from torch.utils import _pytree as pytree
 
-from schemas.auxiliary import MlaanAux
+from schemas.auxiliary import loss_windows
 from splitter.analysis.cuts import CutPoint
 from splitter.analysis.outputs import other_outputs, without
 from splitter.transform.compare import rel_diff, tree_equal
@@ -384,17 +384,10 @@ def verify_plan(plan: Plan, batch_size: int = 2, seed: int = 0) -> Verification:
         inputs,
         whole=whole,
         seed=seed,
-        windows=declared_windows(plan),
+        windows=loss_windows([plan.spec.spec.aux.of(k) for k in range(len(plan.cuts))]),
         untrained_outputs=frozenset(
             o.key
             for o in other_outputs(analysis.traced.graph("train"), plan.spec.spec)
             if o.weight == 0 and not analysis.root
         ),
     )
-
-
-def declared_windows(plan: Plan) -> list[int]:
-    """How many blocks each block's local loss trains: MLAAN's `window` (capped at the blocks
-    that exist before it), else 1; the last block trains on the task loss alone."""
-    configs = [plan.spec.spec.aux.of(k) for k in range(len(plan.cuts))]
-    return [*(c.cascade(k) if isinstance(c, MlaanAux) else 1 for k, c in enumerate(configs)), 1]
