@@ -49,7 +49,11 @@ METHODS |= {f"preset {name}": {"preset": name} for name in PRESETS}
 
 
 def spec_text(blocks: int, aux: dict[str, Any] | None) -> str:
-    partition = {"cuts": CUTS[blocks]} if blocks in CUTS else {"auto": {"blocks": blocks}}
+    partition: dict[str, Any] = (
+        {"cuts": CUTS[blocks]} if blocks in CUTS else {"auto": {"blocks": blocks}}
+    )
+    if aux and aux.get("preset") == "mlaan" and blocks == 8:
+        partition = {"paper": {"name": "mlaan", "k": 8}}  # InfoPro's K = 8 cuts and its leap lists
     spec = {
         "version": 1,
         "model": {"ref": str(MODEL), "input_shape": [3, 32, 32]},
