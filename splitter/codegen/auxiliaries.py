@@ -154,15 +154,14 @@ class AuxiliaryViews:
         depth 1, and Linear: ResNet-style blocks built anew at the sampled widths (AugLocal's
         own), else fresh copies of the units with adapters where consecutive shapes differ."""
         blocks = len(self.bounds) - 1
-        norm = ", norm=True" if auglocal_depth(k, blocks, config.depth, config.tau) <= 1 else ""
+        norm = auglocal_depth(k, blocks, config.depth, config.tau) <= 1
         rebuilt = self.resnet_blocks(k, j, config)
         if rebuilt is not None:
             layers, sample, sampled = rebuilt
-            head = f'LinearHead({sample}, "nchw", num_classes{norm})'
+            head = _linear(sample, "nchw", norm)
         else:
             layers, current, sampled = self.leap(k, j, config.depth, config.tau)
-            head = _linear(self.shape(current)[1:], self.layout(config, current, k))
-            head = head.replace("num_classes)", f"num_classes{norm})")
+            head = _linear(self.shape(current)[1:], self.layout(config, current, k), norm)
         return f"Augmented([{', '.join(layers)}], {head}, sampled={tuple(sampled)})"
 
     def resnet_blocks(
@@ -178,10 +177,11 @@ class AuxiliaryViews:
         shape = self.shape(j)[1:]
         if not picked or len(shape) != 3 or self.layout(config, j, k) != "nchw":
             return None
+        modules = dict(self.analysis.target.named_modules())
         layers, inplanes, size, pools = [], shape[0], list(shape[1:]), 0.0
         for end in picked:
             path, out = self.name(end), self.shape(end)[1:]
-            module = dict(self.analysis.target.named_modules()).get(path)
+            module = modules.get(path)
             if module is None or not is_resnet_block(module) or len(out) != 3:
                 return None
             width = out[0]
@@ -323,8 +323,8 @@ class AuxiliaryViews:
         return layout
 
 
-def _linear(sample: tuple[int, ...], layout: str) -> str:
-    return f'LinearHead({sample}, "{layout}", num_classes)'
+def _linear(sample: tuple[int, ...], layout: str, norm: bool = False) -> str:
+    return f'LinearHead({sample}, "{layout}", num_classes{", norm=True" if norm else ""})'
 
 
 def _infopro_classifier(sample: tuple[int, ...], layout: Layout, config: InfoProAux) -> str:

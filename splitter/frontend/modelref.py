@@ -293,15 +293,14 @@ def merge_options(cli: ModelOptions, spec: SplitSpec) -> tuple[ModelOptions, lis
         notes.append(f"--input-shape overrides the spec's model.input_shape {list(shape)}")
     if cli.input_dtype and first_dtype and cli.input_dtype != first_dtype:
         notes.append(f"--input-dtype overrides the spec's model.input_dtype {first_dtype}")
-    spec_more = [(tuple(s), d) for s, d in listed]
+    count = max(len(listed), len(cli.more_inputs))
+    unset: list[tuple[Any, Any]] = [(None, None)] * count
+    from_cli, from_spec = [*cli.more_inputs, *unset][:count], [*listed, *unset][:count]
     more = tuple(
-        (
-            (cli.more_inputs[i][0] if i < len(cli.more_inputs) else None) or spec_more[i][0],
-            (cli.more_inputs[i][1] if i < len(cli.more_inputs) else None) or spec_more[i][1],
+        (cli_shape or (tuple(spec_shape) if spec_shape else None), cli_dtype or spec_dtype)
+        for (cli_shape, cli_dtype), (spec_shape, spec_dtype) in zip(
+            from_cli, from_spec, strict=True
         )
-        if i < len(spec_more)
-        else cli.more_inputs[i]
-        for i in range(max(len(spec_more), len(cli.more_inputs)))
     )
     explicit = spec.training.model_fields_set
     batch = spec.training.batch_size if "batch_size" in explicit else None
