@@ -332,6 +332,7 @@ def compile_(
 
     compiled = _run(build)
     console.print_notes({"warnings": [*compiled.notes, *compiled.plan.analysis.model.warnings]})
+    console.say(f"task: {compiled.task.line}")
     cuts = ", ".join(c.name for c in compiled.plan.cuts)
     console.say(
         f"wrote {compiled.out}/ ({len(compiled.plan.cuts) + 1} blocks, cut at {cuts}); "

@@ -24,6 +24,7 @@ from schemas.papers import TABLES, Paper, paper_cuts
 from schemas.presets import Preset, expanded, merged
 from schemas.recipes import RECIPES, Recipe
 from schemas.size import SIZE_PATTERN, parse_size
+from schemas.task import TaskSection
 
 Dtype = Literal["float32", "float64", "float16", "bfloat16", "int64", "int32", "uint8", "bool"]
 _DEVICE = r"^(auto|cpu|cuda(:[0-9]+)?)$"
@@ -83,16 +84,6 @@ class ModelSection(SpecModel):
                 at="inputs",
             )
         return self
-
-
-class TaskSection(SpecModel):
-    """What the model's outputs train."""
-
-    aux_outputs: dict[int | str, NonNegativeFloat] | None = None
-    """Weights of the model's other outputs in the task loss (key or index as `model.output`
-    takes it), each a cross entropy on the same targets: `{aux_logits: 0.4}`. null: 0.4 for
-    every other output that has parameters of its own (torchvision's inception recipe); 0
-    leaves an output untrained, which verify and compile say."""
 
 
 class TraceSection(SpecModel):
@@ -304,8 +295,8 @@ class TrainingSection(SpecModel):
             return data
         return merged(RECIPES[str(data.get("recipe", "default"))], data)
 
-    loss: str = "cross_entropy"
-    """The task loss: `cross_entropy`, or `file.py:function` taking (output, target)."""
+    loss: str | None = None
+    """Deprecated: write `task.loss` (this key is taken as it, with a note)."""
     optimizer: OptimizerConfig = OptimizerConfig()
     """The optimizer and its settings."""
     optimizer_scope: Literal["block", "global"] = "block"
@@ -355,6 +346,24 @@ class SplitSpec(SpecModel):
     """How the blocks are trained."""
     output: OutputSection = OutputSection()
     """Where the training package is written."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _loss_moved(cls, data: object) -> object:
+        """`training.loss` taken as `task.loss` (where `task.loss` is not given)."""
+        training = data.get("training") if isinstance(data, dict) else None
+        if not isinstance(training, dict) or training.get("loss") is None:
+            return data
+        assert isinstance(data, dict)
+        given = data.get("task")
+        task: dict[str, Any] = given if isinstance(given, dict) else {}
+        if "loss" in task and task["loss"] != training["loss"]:
+            raise rule(
+                f"`training.loss: {training['loss']}` and `task.loss: {task['loss']}` differ; "
+                "keep `task.loss` (`training.loss` is its old name)",
+                at="training.loss",
+            )
+        return {**data, "task": {**task, "loss": training["loss"]}}
 
     @model_validator(mode="before")
     @classmethod

@@ -14,6 +14,7 @@ from schemas.size import unit_of
 from schemas.spec import TrainingSection
 from splitter.analysis import Analysis, analyze
 from splitter.analysis.costs import Balance
+from splitter.analysis.task import Task, resolve_task
 from splitter.codegen.emit import GENERATED, model_name, package_files
 from splitter.codegen.modelsource import model_source
 from splitter.codegen.writer import write_package
@@ -48,6 +49,11 @@ class Compiled:
     plan: Plan
     files: list[str]
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def task(self) -> Task:
+        """The task the package trains on (its targets given or inferred)."""
+        return resolve_task(self.plan.analysis, self.plan.spec.spec.task)
 
 
 @dataclass

@@ -69,7 +69,7 @@ def test_the_second_output_trains_at_the_default_weight(tmp_path: Path) -> None:
     before, after = trained_aux_head(tmp_path)
     assert not torch.equal(before, after)
     lock = (tmp_path / "pkg" / "spec.lock.yaml").read_text()
-    assert "task:\n  aux_outputs:\n    1: 0.4\n" in lock
+    assert "task:\n  loss: cross_entropy\n  targets: class\n  aux_outputs:\n    1: 0.4\n" in lock
 
 
 def test_a_zero_weight_leaves_it_untrained_and_says_so(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from splitter.runtime import data as data_module
+from splitter.runtime import taskdata
 from splitter.package import load_package
 from splitter.runtime.data import DATA_SETS, Data, DataError, load_data
 from tests.conftest import example_package
@@ -275,15 +276,20 @@ def test_imagefolder_converts_to_grey_for_a_one_channel_model(folder: Path) -> N
 # ---------------------------------------------------------------- imports
 
 
-def test_the_module_imports_only_stdlib_and_torch_at_top_level() -> None:
-    tree = ast.parse(Path(data_module.__file__).read_text())
-    allowed = {*sys.stdlib_module_names, "__future__", "torch"}
+@pytest.mark.parametrize("module", [data_module, taskdata])
+def test_the_module_imports_only_stdlib_and_torch_at_top_level(module: object) -> None:
+    """Beside its runtime sibling `taskdata` (top-level in a package, relative in the library)."""
+    tree = ast.parse(Path(str(getattr(module, "__file__", ""))).read_text())
+    allowed = {*sys.stdlib_module_names, "__future__", "torch", "taskdata"}
 
     def roots(nodes: list[ast.stmt] | list[ast.AST]) -> set[str]:
         names = set()
         for node in nodes:
             if isinstance(node, ast.Import):
                 names |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 1:
+                assert node.module is None
+                names |= {alias.name for alias in node.names}
             elif isinstance(node, ast.ImportFrom):
                 assert node.level == 0 and node.module is not None
                 names.add(node.module.split(".")[0])
@@ -291,6 +297,8 @@ def test_the_module_imports_only_stdlib_and_torch_at_top_level() -> None:
 
     assert roots(tree.body) <= allowed
     assert roots(list(ast.walk(tree))) <= allowed | {"torchvision", "sklearn"}
+    if module is taskdata:
+        assert roots(list(ast.walk(tree))) <= {*sys.stdlib_module_names, "__future__", "torch"}
     assert DATA_SETS == (
         "synthetic",
         "digits",

@@ -93,7 +93,8 @@ def test_defaults() -> None:
     assert (spec.partition.auto.blocks, spec.partition.auto.balance) == (4, "memory")
     assert spec.partition.shared_params == "error"
     training = spec.training
-    assert (training.loss, training.epochs, training.batch_size) == ("cross_entropy", 10, 128)
+    assert (spec.task.loss, spec.task.targets, training.loss) == ("cross_entropy", None, None)
+    assert (training.epochs, training.batch_size) == (10, 128)
     assert (training.optimizer.name, training.optimizer.lr) == ("sgd", 0.05)
     assert training.optimizer.weight_decay == 5e-4
     assert (training.optimizer_scope, training.schedule.name) == ("block", "cosine")

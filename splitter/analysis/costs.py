@@ -20,6 +20,7 @@ from torch import nn
 
 from schemas.auxiliary import AugmentedAux, ConvAux, InfoProAux, LinearAux, MomentumAux
 from schemas.spec import AuxSection, OptimizerConfig
+from schemas.task import TaskSection
 from splitter.analysis.layouts import (
     ConvHead,
     InfoProDecoder,
@@ -31,6 +32,7 @@ from splitter.analysis.layouts import (
 )
 from splitter.analysis.model import Analysis
 from splitter.analysis.sampling import augmented_units
+from splitter.analysis.task import Task, resolve_task, unserved
 from splitter.errors import SplitterError
 from splitter.frontend.annotate import NodeCost, annotate, node_cost, output_shape
 from splitter.frontend.inputs import InputSpec
@@ -49,6 +51,7 @@ class Settings:
     aux: AuxSection = field(default_factory=AuxSection)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scope: Scope = "block"
+    task: TaskSection = field(default_factory=TaskSection)
 
 
 @dataclass(frozen=True)
@@ -157,6 +160,9 @@ class CostModel:
         return self._aux[key]
 
     def _aux_cost(self, config: object, k: int, j: int, blocks: int) -> AuxCost:
+        problem = unserved(config, self.task)
+        if problem is not None:
+            raise Unservable(problem)
         if isinstance(config, MomentumAux):  # the head is on the copied unit's output
             end = self.first_unit_end(j)
             unit_params = self._sum("param_bytes", j, end)
@@ -176,9 +182,10 @@ class CostModel:
         return self._head_cost(config, self.shape(j), self.layout(config, j))
 
     def _head_cost(self, config: object, shape: tuple[int, ...], layout: Layout) -> AuxCost:
-        classes, precision = self.num_classes, self.precision
+        classes, precision, dense = self.num_classes, self.precision, self.task.dense
         if isinstance(config, LinearAux):
-            return _measure(partial(LinearHead, shape[1:], layout, classes), shape, precision)
+            linear = partial(LinearHead, shape[1:], layout, classes, dense=dense)
+            return _measure(linear, shape, precision)
         if isinstance(config, ConvAux) and config.variant != "default":
             if layout != "nchw":
                 raise Unservable(
@@ -187,9 +194,9 @@ class CostModel:
             return _measure(partial(dgl_head, config.variant, shape[1:], classes), shape, precision)
         if isinstance(config, ConvAux):
             options = (config.depth, config.width, config.hidden)
-            return _measure(
-                partial(ConvHead, shape[1:], layout, classes, *options), shape, precision
-            )
+            causal = self.task.causal
+            conv = partial(ConvHead, shape[1:], layout, classes, *options, dense, causal)
+            return _measure(conv, shape, precision)
         if isinstance(config, InfoProAux):
             image = self.analysis.target_input.shape
             try:
@@ -222,7 +229,8 @@ class CostModel:
         params = sum(self._sum("param_bytes", a, b) for a, b in spans)
         last = picked[-1] if picked else j
         shape = self.shape(last)
-        head = partial(LinearHead, shape[1:], self.layout(config, last), self.num_classes)
+        layout, classes = self.layout(config, last), self.num_classes
+        head = partial(LinearHead, shape[1:], layout, classes, dense=self.task.dense)
         cost = _measure(head, shape, self.precision)
         return AuxCost(
             saved + cost.saved_bytes, params + cost.param_bytes, params + cost.trainable_bytes
@@ -253,9 +261,13 @@ class CostModel:
         return self.analysis.model.precision
 
     @cached_property
+    def task(self) -> Task:
+        """The task in force: its targets decide whether heads predict per token or pixel."""
+        return resolve_task(self.analysis, self.settings.task)
+
+    @property
     def num_classes(self) -> int:
-        shape = self._output_shape()
-        return shape[-1] if shape else 10
+        return self.task.classes
 
     def _output_shape(self) -> tuple[int, ...] | None:
         return output_shape(self.gm.graph)
@@ -359,7 +371,8 @@ def _measure(
     head at the boundary shape, from the same fake-tensor annotation as the model. The head is
     built on the meta device and given uninitialised memory: its values never matter here."""
     assert isinstance(make, partial)
-    key = (getattr(make.func, "__name__", ""), (shape[0], *make.args), precision)
+    settings = (shape[0], *make.args, *sorted(make.keywords.items()))
+    key = (getattr(make.func, "__name__", ""), settings, precision)
     if key not in _MEASURED:
         try:
             with torch.device("meta"):

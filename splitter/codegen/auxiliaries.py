@@ -27,6 +27,7 @@ from splitter.analysis.layouts import (
     infer_layout,
 )
 from splitter.analysis.sampling import auglocal_depth, augmented_units
+from splitter.analysis.task import Task, unserved
 from splitter.codegen.source import Imports, ModuleSource, ShapeText, module_source
 from splitter.errors import AuxiliaryError
 from splitter.partitioning.partitioner import settings_from
@@ -71,6 +72,19 @@ class AuxiliaryViews:
         self.bounds = [0, *(cuts.index(c) + 1 for c in plan.cuts), self.costs.boundaries]
         self.units: dict[tuple[int, int], ModuleSource] = {}
         self.loss_weights = loss_weights(self.costs, plan.spec.spec.aux, self.bounds)
+        self.task: Task = self.costs.task
+
+    @property
+    def task_expression(self) -> str | None:
+        """What builds the task the auxiliaries train on, when it is not cross entropy over
+        classes (`Task("next_token", "cross_entropy")`): then `task` is passed to them."""
+        if self.task.targets == "class" and self.task.loss == "cross_entropy":
+            return None
+        return f'Task("{self.task.targets}", "{self.task.loss}")'
+
+    @property
+    def _task(self) -> str:
+        return ", task" if self.task_expression else ""
 
     @property
     def configs(self) -> list[Any]:
@@ -88,6 +102,9 @@ class AuxiliaryViews:
     def auxiliary(self, k: int) -> AuxView:
         config, j = aux_config(self.plan, k), self.bounds[k + 1]
         comments = [f"block {k} ends at `{self.name(j)}`: {self.shape_text(j)}"]
+        problem = unserved(config, self.task)
+        if problem is not None:
+            raise AuxiliaryError(f"block {k}'s auxiliary: {problem}")
         if isinstance(config, MomentumAux):
             end = min(self.costs.first_unit_end(j), self.bounds[k + 2])
             unit = self.unit(j, end, f"block {k}'s momentum auxiliary copies it")
@@ -116,10 +133,12 @@ class AuxiliaryViews:
     def head(self, config: Any, b: int, k: int) -> str:
         """A `linear`, `conv` or `infopro` auxiliary on the tensor at boundary b."""
         layout, sample = self.layout(config, b, k), self.shape(b)[1:]
+        dense = self.task.dense
         if isinstance(config, LinearAux):
-            return f"Classifier({_linear(sample, layout)})"
+            return f"Classifier({_linear(sample, layout, dense=dense)}{self._task})"
         if isinstance(config, ConvAux):
-            return f"Classifier({_conv(sample, layout, config, self.name(b))})"
+            conv = _conv(sample, layout, config, self.name(b), dense, self.task.causal)
+            return f"Classifier({conv}{self._task})"
         if isinstance(config, InfoProAux):
             return self.infopro(config, sample, layout, k, b)
         raise AuxiliaryError(
@@ -154,15 +173,18 @@ class AuxiliaryViews:
         depth 1, and Linear: ResNet-style blocks built anew at the sampled widths (AugLocal's
         own), else fresh copies of the units with adapters where consecutive shapes differ."""
         blocks = len(self.bounds) - 1
-        norm = auglocal_depth(k, blocks, config.depth, config.tau) <= 1
+        depth = auglocal_depth(k, blocks, config.depth, config.tau)
+        norm = depth <= 1 and not self.task.causal  # BatchNorm mixes in later tokens
         rebuilt = self.resnet_blocks(k, j, config)
+        dense = self.task.dense
         if rebuilt is not None:
             layers, sample, sampled = rebuilt
-            head = _linear(sample, "nchw", norm)
+            head = _linear(sample, "nchw", norm, dense)
         else:
             layers, current, sampled = self.leap(k, j, config.depth, config.tau)
-            head = _linear(self.shape(current)[1:], self.layout(config, current, k), norm)
-        return f"Augmented([{', '.join(layers)}], {head}, sampled={tuple(sampled)})"
+            layout = self.layout(config, current, k)
+            head = _linear(self.shape(current)[1:], layout, norm, dense)
+        return f"Augmented([{', '.join(layers)}], {head}, sampled={tuple(sampled)}{self._task})"
 
     def resnet_blocks(
         self, k: int, j: int, config: AugmentedAux
@@ -323,8 +345,9 @@ class AuxiliaryViews:
         return layout
 
 
-def _linear(sample: tuple[int, ...], layout: str, norm: bool = False) -> str:
-    return f'LinearHead({sample}, "{layout}", num_classes{", norm=True" if norm else ""})'
+def _linear(sample: tuple[int, ...], layout: str, norm: bool = False, dense: bool = False) -> str:
+    options = (", norm=True" if norm else "") + (", dense=True" if dense else "")
+    return f'LinearHead({sample}, "{layout}", num_classes{options})'
 
 
 def _infopro_classifier(sample: tuple[int, ...], layout: Layout, config: InfoProAux) -> str:
@@ -334,7 +357,14 @@ def _infopro_classifier(sample: tuple[int, ...], layout: Layout, config: InfoPro
     return f'InfoProHead({sample}, "{layout}", num_classes, {options})'
 
 
-def _conv(sample: tuple[int, ...], layout: Layout, config: ConvAux, where: str) -> str:
+def _conv(
+    sample: tuple[int, ...],
+    layout: Layout,
+    config: ConvAux,
+    where: str,
+    dense: bool = False,
+    causal: bool = False,
+) -> str:
     if config.variant != "default":
         if layout != "nchw":
             raise AuxiliaryError(
@@ -345,4 +375,5 @@ def _conv(sample: tuple[int, ...], layout: Layout, config: ConvAux, where: str) 
         return f'dgl_head("{config.variant}", {sample}, num_classes)'
     width = config.width or 2 * channels(sample, layout)
     options = f"depth={config.depth}, width={width}, hidden={config.hidden}"
+    options += ", causal=True" if causal else ", dense=True" if dense else ""
     return f'ConvHead({sample}, "{layout}", num_classes, {options})'

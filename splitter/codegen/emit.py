@@ -16,6 +16,7 @@ import yaml
 
 from schemas.spec import TrainingSection
 from splitter.analysis.outputs import other_outputs
+from splitter.analysis.task import PACKAGE_LOSSES
 from splitter.codegen.auxiliaries import AUX_CLASSES, AuxiliaryViews, aux_config
 from splitter.codegen.modelsource import ModelSource
 from splitter.codegen.source import Imports, ModuleSource, ShapeText, batch_shapes, module_source
@@ -85,10 +86,10 @@ def check_emittable(plan: Plan) -> None:
             f"`model.root: {spec.model.root}`: the package trains a classifier split as a whole; "
             "remove `model.root` (inspect, verify and partition do take it)"
         )
-    if spec.training.loss != "cross_entropy":
+    if spec.task.loss not in PACKAGE_LOSSES:
         problems.append(
-            f"`training.loss: {spec.training.loss}`: the package trains on `cross_entropy`; "
-            "set `training.loss: cross_entropy`"
+            f"`task.loss: {spec.task.loss}`: the package computes "
+            f"{', '.join(f'`{n}`' for n in PACKAGE_LOSSES)}; set one of them"
         )
     for k in range(len(plan.surgery.blocks) - 1):
         kind = aux_config(plan, k).kind
@@ -139,6 +140,8 @@ class Viewer:
         text = " ".join(a.expression for a in auxiliaries)
         used = sorted(n for n in AUX_CLASSES if re.search(rf"(?<![\w.]){n}\(", text))
         local = {"from auxiliary import " + ", ".join(used)}
+        if self.aux.task_expression:
+            local.add("from task import Task")
         if "dgl_head(" in text:
             local.add("from dgl import dgl_head")
         if "resnet_block(" in text:
@@ -153,6 +156,7 @@ class Viewer:
             "inputs": repr(self.plan.surgery.blocks[0].inputs),
             "several_inputs": len(self.plan.surgery.blocks[0].inputs) > 1,
             "task_window": self.aux.task_window,
+            "task": self.aux.task_expression,
             "blocks": [
                 {**_template_view(b), "unshared": json.dumps(names), "reads": repr(block.extras)}
                 for b, names, block in zip(blocks, unshared, self.plan.surgery.blocks, strict=True)
@@ -223,7 +227,13 @@ class Viewer:
             inputs=inputs if len(inputs) > 1 else None,
         )
         others = other_outputs(self.analysis.traced.graph("train"), self.plan.spec.spec)
-        spec["task"] = {"aux_outputs": {o.key: o.weight for o in others if o.weight > 0}}
+        task = self.aux.task
+        spec["task"] = {
+            "loss": task.loss,
+            "targets": task.targets,
+            "aux_outputs": {o.key: o.weight for o in others if o.weight > 0},
+        }
+        spec["training"].pop("loss", None)
         spec["partition"] = {
             "cuts": [c.name for c in self.plan.cuts],
             "shared_params": spec["partition"]["shared_params"],

@@ -314,4 +314,4 @@ def settings_from(spec: SplitSpec | None, aux: str | None, optimizer: str | None
     chosen = base.training.optimizer
     if optimizer is not None:
         chosen = chosen.model_copy(update={"name": optimizer})
-    return Settings(aux_section, chosen, base.training.optimizer_scope)
+    return Settings(aux_section, chosen, base.training.optimizer_scope, base.task)

@@ -52,6 +52,11 @@ def plan_for(analysis: Analysis, loaded: LoadedSpec) -> Plan:
                 f"output `{other.key}` is not trained (`task.aux_outputs: {{{other.key}: 0}}`): "
                 f"its parameters {shown}{more} get no gradient; give it a weight to train it"
             )
+    if loaded.spec.training.loss is not None:
+        analysis.model.warnings.append(
+            f"`training.loss: {loaded.spec.training.loss}` is deprecated and was taken as "
+            f"`task.loss`; write `task: {{loss: {loaded.spec.training.loss}}}` instead"
+        )
     return Plan(analysis, loaded, cuts, surgery)
 
 

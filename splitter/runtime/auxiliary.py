@@ -12,142 +12,47 @@ import torch.nn.functional as F
 from torch import nn
 
 if __package__:  # imported by the library as `splitter.runtime.auxiliary`
+    from .heads import (
+        CHANNELS_LAST,
+        LAYOUTS,
+        ConvHead,
+        Layout,
+        LayoutError,
+        LinearHead,
+        channels,
+        channels_first,
+        channels_last_as,
+        check_layout,
+        pool,
+        spatial,
+    )  # fmt: skip
     from .infopro import InfoProDecoder, InfoProHead
     from .recompute import recomputed
+    from .task import CLASSES, Task
 else:  # a package's own module beside train.py
+    from heads import (  # type: ignore[no-redef]
+        CHANNELS_LAST,
+        LAYOUTS,
+        ConvHead,
+        Layout,
+        LayoutError,
+        LinearHead,
+        channels,
+        channels_first,
+        channels_last_as,
+        check_layout,
+        pool,
+        spatial,
+    )  # fmt: skip
     from infopro import InfoProDecoder, InfoProHead  # type: ignore[no-redef]
     from recompute import recomputed  # type: ignore[no-redef]
+    from task import CLASSES, Task  # type: ignore[no-redef]
 
-Layout = Literal["nchw", "nhwc", "nlc", "ncl", "nc", "ncdhw", "ndhwc"]
-"""How a boundary tensor is laid out (batch first): channels first (`nc`, `ncl`, `nchw`,
-`ncdhw`: features, sequences or signals, image maps, video maps) or channels last (`nlc`,
-`nhwc`, `ndhwc`). One sample has `len(layout) - 1` axes."""
-
-
-# ---------------------------------------------------------------- layouts
-
-LAYOUTS: dict[int, tuple[Layout, ...]] = {
-    1: ("nc",), 2: ("ncl", "nlc"), 3: ("nchw", "nhwc"), 4: ("ncdhw", "ndhwc")
-}  # fmt: skip
-"""The layouts a sample of so many axes may have, channels first before channels last."""
-CHANNELS_LAST: tuple[Layout, ...] = ("nlc", "nhwc", "ndhwc")
-
-
-class LayoutError(ValueError):
-    """No auxiliary serves a tensor of this shape in this layout."""
-
-
-def check_layout(shape: tuple[int, ...], layout: str) -> None:
-    """Refuse a sample `shape` (no batch axis) that `layout` cannot describe."""
-    fits = LAYOUTS.get(len(shape), ())
-    if layout not in fits:
-        served = fits or [f for fs in LAYOUTS.values() for f in fs]
-        raise LayoutError(f"{list(shape)} is not `{layout}`; heads serve {', '.join(served)}")
-
-
-def channels_first(x: torch.Tensor, layout: Layout) -> torch.Tensor:
-    """NC / NCL / NCHW / NCDHW view of `x`."""
-    return x.movedim(-1, 1) if layout in CHANNELS_LAST else x
-
-
-def channels_last_as(x: torch.Tensor, layout: Layout) -> torch.Tensor:
-    """Back from channels first to `layout` (the inverse of `channels_first`)."""
-    return x.movedim(1, -1) if layout in CHANNELS_LAST else x
-
-
-def pool(x: torch.Tensor, layout: Layout) -> torch.Tensor:
-    """Global average over the spatial, temporal or token axes of a channels-first tensor."""
-    return x if layout == "nc" else x.flatten(2).mean(dim=2)
-
-
-def channels(shape: tuple[int, ...], layout: Layout) -> int:
-    """The channels of one sample of this `shape` (no batch axis)."""
-    return shape[-1] if layout in CHANNELS_LAST else shape[0]
-
-
-def spatial(shape: tuple[int, ...], layout: Layout) -> list[int]:
-    """The spatial, temporal or token sizes of one sample of this `shape`."""
-    if layout == "nc":
-        return []
-    return list(shape[:-1]) if layout in CHANNELS_LAST else list(shape[1:])
-
-
-# ---------------------------------------------------------------- heads (features -> logits)
-
-
-class LinearHead(nn.Module):
-    """Global average pooling (over every axis but the channels), with `norm` BatchNorm1d
-    (AugLocal's head at depth 1), and one Linear layer."""
-
-    def __init__(
-        self, shape: tuple[int, ...], layout: Layout, num_classes: int, norm: bool = False
-    ) -> None:
-        super().__init__()
-        check_layout(shape, layout)
-        self.layout = layout
-        self.norm = nn.BatchNorm1d(channels(shape, layout)) if norm else nn.Identity()
-        self.fc = nn.Linear(channels(shape, layout), num_classes)
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.fc(self.norm(pool(channels_first(h, self.layout), self.layout)))
-        return out
-
-
-class ConvHead(nn.Module):
-    """`depth` conv-BN-ReLU layers at `width` channels, pooling, Linear-ReLU to `hidden`,
-    Linear. Conv2d on image maps (stride 2 while the map is larger than 8x8), Conv1d on
-    sequences (stride 2 while longer than 64), Conv3d on video maps (stride 2 along each axis
-    longer than 8); channels-last tensors are moved to channels first."""
-
-    def __init__(
-        self,
-        shape: tuple[int, ...],
-        layout: Layout,
-        num_classes: int,
-        depth: int = 1,
-        width: int | None = None,
-        hidden: int = 128,
-    ) -> None:
-        super().__init__()
-        check_layout(shape, layout)
-        self.layout = layout
-        c = channels(shape, layout)
-        width = width or 2 * c
-        self.convs = nn.Sequential(*_conv_stack(c, width, depth, spatial(shape, layout)))
-        out = width if depth and layout != "nc" else c
-        self.mlp = nn.Sequential(
-            nn.Linear(out, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes)
-        )
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.mlp(pool(self.convs(channels_first(h, self.layout)), self.layout))
-        return out
-
-
-def _conv_stack(c: int, width: int, depth: int, sizes: list[int]) -> list[nn.Module]:
-    if not sizes:
-        return []
-    conv, norm = _CONVS[len(sizes)]
-    layers: list[nn.Module] = []
-    for i in range(depth):
-        stride, sizes = _strides(sizes)
-        layers += [conv(c if i == 0 else width, width, 3, stride, 1, bias=False)]
-        layers += [norm(width), nn.ReLU(inplace=True)]
-    return layers
-
-
-_CONVS: dict[int, tuple[type[nn.Module], type[nn.Module]]] = {
-    1: (nn.Conv1d, nn.BatchNorm1d), 2: (nn.Conv2d, nn.BatchNorm2d), 3: (nn.Conv3d, nn.BatchNorm3d)
-}  # fmt: skip
-
-
-def _strides(sizes: list[int]) -> tuple[int | tuple[int, ...], list[int]]:
-    """One conv's stride over maps of these `sizes` (video: per axis); the sizes after it."""
-    limit = min(sizes) > (8 if len(sizes) == 2 else 64)
-    strides = [2 if (n > 8 if len(sizes) == 3 else limit) else 1 for n in sizes]
-    after = [(n + s - 1) // s for n, s in zip(sizes, strides, strict=True)]
-    return (tuple(strides) if len(sizes) == 3 else strides[0]), after
-
+__all__ = [  # the heads are re-exported: emitted blocks import every class from here
+    "CHANNELS_LAST", "LAYOUTS", "Adapter", "Augmented", "Auxiliary", "Classifier", "ConvHead",
+    "InfoPro", "Layout", "LayoutError", "LinearHead", "Momentum", "channels", "channels_first",
+    "channels_last_as", "check_layout", "ema_update", "fresh", "pool", "spatial",
+]  # fmt: skip
 
 # ---------------------------------------------------------------- auxiliaries (-> local loss)
 
@@ -166,11 +71,12 @@ class Auxiliary(nn.Module):
 
 
 class Classifier(Auxiliary):
-    """A head trained with cross entropy on the block's output (`linear`, `conv`)."""
+    """A head trained on the task's loss (cross entropy over classes unless `task` says
+    otherwise) on the block's output (`linear`, `conv`)."""
 
-    def __init__(self, head: nn.Module) -> None:
+    def __init__(self, head: nn.Module, task: Task = CLASSES) -> None:
         super().__init__()
-        self.head = head
+        self.head, self.task = head, task
 
     def forward(
         self,
@@ -180,7 +86,7 @@ class Classifier(Auxiliary):
         history: Sequence[torch.Tensor] = (),
     ) -> tuple[torch.Tensor, torch.Tensor]:
         logits: torch.Tensor = self.head(h)
-        return F.cross_entropy(logits, target), logits
+        return self.task(logits, target), logits
 
 
 class Momentum(Auxiliary):
@@ -301,13 +207,21 @@ class Adapter(nn.Module):
 
 class Augmented(Auxiliary):
     """AugLocal: fresh copies of units sampled from the rest of the network (adapters where
-    consecutive shapes differ), then pooling and a Linear classifier."""
+    consecutive shapes differ), then pooling and a Linear classifier, trained on the task's
+    loss."""
 
-    def __init__(self, layers: list[nn.Module], head: nn.Module, sampled: tuple[int, ...]) -> None:
+    def __init__(
+        self,
+        layers: list[nn.Module],
+        head: nn.Module,
+        sampled: tuple[int, ...],
+        task: Task = CLASSES,
+    ) -> None:
         super().__init__()
         self.layers = nn.Sequential(*(copy.deepcopy(layer) for layer in layers))
         fresh(self.layers)
         self.head, self.sampled = head, sampled  # the model's feature units copied
+        self.task = task
 
     def forward(
         self,
@@ -317,7 +231,7 @@ class Augmented(Auxiliary):
         history: Sequence[torch.Tensor] = (),
     ) -> tuple[torch.Tensor, torch.Tensor]:
         logits: torch.Tensor = self.head(self.layers(h))
-        return F.cross_entropy(logits, target), logits
+        return self.task(logits, target), logits
 
 
 def ema_update(ema: nn.Module, source: Sequence[torch.Tensor], decay: float) -> None:

@@ -11,6 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+if __package__:  # imported by the library as `splitter.runtime.data`
+    from . import taskdata
+else:  # a package's own module beside train.py
+    import taskdata  # type: ignore[no-redef]
+
 Batch = tuple[Any, torch.Tensor]
 """A batch's model input (a tensor, or a tuple with one per input of a forward that takes
 several) and its labels."""
@@ -147,8 +152,8 @@ class Data:
     num_classes: int
     mean: tuple[float, ...]  # per input channel; the model sees (image01 - mean) / std
     std: tuple[float, ...]
-    train: Tensors | Generated | Images
-    test: Tensors | Generated | Images
+    train: Tensors | Generated | Images | taskdata.Held | taskdata.Made
+    test: Tensors | Generated | Images | taskdata.Held | taskdata.Made
 
     def steps_per_epoch(self, batch_size: int) -> int:
         """Batches per epoch: the last partial one is dropped, unless it is the only one."""
@@ -196,12 +201,16 @@ def load_data(
     padding: str = "zero",
     flip: bool = True,
     more_inputs: Sequence[tuple[tuple[int, ...], torch.dtype]] = (),
+    targets: str = "class",
 ) -> Data:
     """The data set `name` for a model taking samples of `input_shape` and `input_dtype`;
     CIFAR, SVHN and STL-10 train on random crops of the image padded by 4 (`padding`: `zero`
     or `reflect`) and, with `flip`, horizontal flips (never for SVHN's digits). `more_inputs`:
-    the shape and dtype of the model's other inputs, which only `synthetic` makes."""
+    the shape and dtype of the model's other inputs, which only `synthetic` makes. `targets`
+    other than `class` (the task's): see `task_data`."""
     shape = tuple(input_shape)
+    if targets != "class" or name.startswith("text:"):
+        return task_data(name, shape, input_dtype, targets, num_classes or 10, seed, more_inputs)
     if name == "synthetic":
         classes = 10 if num_classes is None else num_classes
         return _synthetic(shape, input_dtype, classes, seed, tuple(more_inputs))
@@ -228,6 +237,27 @@ def load_data(
             f"give the model at least {data.num_classes} outputs, or use `--data synthetic`"
         )
     return data
+
+
+def task_data(
+    name: str,
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+    targets: str,
+    classes: int,
+    seed: int,
+    more_inputs: Sequence[object] = (),
+) -> Data:
+    """Tokens or masks (taskdata.py): `synthetic` makes Markov-chain tokens for `next_token`
+    and `per_token` targets (over `classes` tokens) and rectangles for `pixel` targets;
+    `text:PATH` reads a file's bytes for `next_token`."""
+    try:
+        train, test = taskdata.task_sets(name, shape, dtype, targets, classes, seed, more_inputs)
+    except taskdata.TaskDataError as error:
+        raise DataError(str(error)) from None
+    c = shape[0] if len(shape) >= 2 else 1
+    mean, std = ((0.5,) * c, (0.25,) * c) if dtype.is_floating_point else ((0.0,), (1.0,))
+    return Data(name, classes, mean, std, train, test)
 
 
 # ---------------------------------------------------------------- in memory

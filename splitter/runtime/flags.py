@@ -28,6 +28,14 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
         return super()._get_help_string(action)
 
 
+def data_set(name: str) -> str:
+    """A `--data` value: a data set's name, or `text:PATH`."""
+    if name in data.DATA_SETS or (name.startswith("text:") and len(name) > 5):
+        return name
+    known = ", ".join(data.DATA_SETS)
+    raise argparse.ArgumentTypeError(f"`{name}` is not one of {known}, or text:PATH")
+
+
 class Parser(argparse.ArgumentParser):
     """argparse's parser, whose errors are one line (`FlagError`) instead of usage and exit."""
 
@@ -50,7 +58,10 @@ def parser(description: str) -> Parser:
         "activations recomputed in the backward; the same weights, less memory, more time)",
     )
     p.add_argument(
-        "--data", choices=data.DATA_SETS, default=TRAINING["data"]["name"], help="the data set"
+        "--data",
+        type=data_set,
+        default=TRAINING["data"]["name"],
+        help=f"the data set: {', '.join(data.DATA_SETS)}, or text:PATH (a language model)",
     )
     p.add_argument("--data-root", default=TRAINING["data"]["root"], help="folder of the data set")
     p.add_argument(

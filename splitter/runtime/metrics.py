@@ -10,7 +10,7 @@ from typing import Any
 from history import NAME as HISTORY
 from placement import Placement
 from schedules import Pipeline, Schedule
-from step import Step
+from step import TASK, Step
 
 
 def report(
@@ -56,7 +56,9 @@ def report(
         "precision": args.precision,
         "block_losses": [losses[k] for k in sorted(losses)],
         "block_accuracy": [accs[k] for k in sorted(accs)],
+        "task": {"targets": TASK.targets, "loss": TASK.loss},
         "test_accuracy": evaluations[-1]["test_accuracy"] if evaluations else None,
+        **{k: v for k, v in (evaluations[-1] if evaluations else {}).items() if k != "step"},
         "evaluations": evaluations,
         **{
             key: max_or_none(r[key] for r in ranks)

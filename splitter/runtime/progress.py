@@ -4,7 +4,7 @@ each evaluation, named by its epoch:
 
     resnet_cifar: 4 blocks, momentum auxiliaries; data digits, 30 steps, batch size 128; ...
     step 10/30 | block0 loss 2.29 acc 0.09 | block1 loss 0.621 acc 0.41 | ...
-    epoch 1/3 done (step 12): test accuracy 0.0778
+    epoch 1/3 done (step 12): test accuracy 0.0778   (tokens: test perplexity 5.210 ...)
     step 30: test accuracy 0.1016
 
 Under torchrun each rank prints its own blocks' lines, after `rank R stage S | `."""
@@ -23,6 +23,7 @@ import torch
 
 from history import Stats
 from settings import HERE, LOCK, PACKAGE
+from task import headline
 
 if TYPE_CHECKING:
     from placement import Placement
@@ -94,17 +95,15 @@ class Progress:
             for k, (loss, acc) in sorted(stats.items())
         )
 
-    def evaluated(self, step: int, accuracy: float) -> None:
-        """The test accuracy after `step` steps: an epoch's end, or the run's."""
+    def evaluated(self, step: int, scores: dict[str, float]) -> None:
+        """The test figures after `step` steps (an epoch's end, or the run's)."""
         if not self.lead:
             return
         if step % self.s.per_epoch == 0:
             epoch = step // self.s.per_epoch
-            self.write(
-                f"epoch {epoch}/{self.epochs} done (step {step}): test accuracy {accuracy:.4f}"
-            )
+            self.write(f"epoch {epoch}/{self.epochs} done (step {step}): {headline(scores)}")
         else:
-            self.write(f"step {step}: test accuracy {accuracy:.4f}")
+            self.write(f"step {step}: {headline(scores)}")
 
     def write(self, line: str) -> None:
         if self.bar is not None:

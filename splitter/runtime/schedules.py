@@ -15,6 +15,7 @@ import pipeline
 from auxiliary import Momentum
 from checkpoint import merge, stage_state
 from step import (
+    TASK,
     Flight,
     Inputs,
     Step,
@@ -45,14 +46,13 @@ class Sequential:
             times.append(time.perf_counter() - began)
             yield step
 
-    def evaluate(self, test: Iterator[Any]) -> float:
-        """Test accuracy of the model (the blocks share its modules)."""
-        correct = seen = 0
+    def evaluate(self, test: Iterator[Any]) -> dict[str, float]:
+        """The model's test figures (the blocks share its modules): see task.Score."""
+        score = TASK.score(self.s.parts.num_classes)
         for x, y in test:
-            logits = self.forward(moved(x, self.device))
-            correct += int((logits.argmax(dim=1).cpu() == y).sum())
-            seen += len(y)
-        return correct / max(1, seen)
+            score.add(self.forward(moved(x, self.device)), y)
+        found: dict[str, float] = score.summary()
+        return found
 
     def forward(self, x: Inputs) -> torch.Tensor:
         logits: torch.Tensor = select_output(self.s.parts.model(*as_tuple(x)))
@@ -198,10 +198,10 @@ class Pipeline:
             times.append(time.perf_counter() - began)
             yield step
 
-    def evaluate(self, test: Iterator[Any]) -> float:
+    def evaluate(self, test: Iterator[Any]) -> dict[str, float]:
         """The test batches flow through the stages like training batches; the last stage
-        counts what its replica got right, and every rank learns the total."""
-        counts = torch.zeros(2, dtype=torch.int64)
+        adds up its replica's figures, and every rank learns the totals."""
+        score = TASK.score(self.s.parts.num_classes)
         while (message := self.next_test(test)) is not None:
             x, y = message
             for k in self.mine:
@@ -209,13 +209,13 @@ class Pipeline:
             if self.after is not None:
                 self.after.send([x, y], "sending test activations")
             else:
-                right = int((select_output(x).argmax(dim=1) == y).sum())
-                counts += torch.tensor([right, len(y)])
+                score.add(select_output(x), y)
         if self.after is not None:
             self.after.send([], "ending the test stream")
-        with pipeline.guard(self.layout, "the other ranks", "adding up the test accuracy"):
-            dist.all_reduce(counts, group=self.channels.objects)
-        return int(counts[0]) / max(1, int(counts[1]))
+        with pipeline.guard(self.layout, "the other ranks", "adding up the test figures"):
+            dist.all_reduce(score.totals, group=self.channels.objects)
+        found: dict[str, float] = score.summary()
+        return found
 
     def next_test(self, test: Iterator[Any]) -> list[torch.Tensor] | None:
         if self.before is None:
@@ -267,8 +267,9 @@ def segments(args: argparse.Namespace, start: int, total: int, per_epoch: int) -
 
 
 @torch.no_grad()
-def evaluate(schedule: Schedule, s: Step, args: argparse.Namespace) -> float:
-    """Test accuracy of the model (the chained blocks share its modules)."""
+def evaluate(schedule: Schedule, s: Step, args: argparse.Namespace) -> dict[str, float]:
+    """The model's test figures (the chained blocks share its modules): `test_accuracy`, and
+    the task's own (task.Score)."""
     s.parts.model.eval()
     try:
         return schedule.evaluate(

@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import data
@@ -16,6 +15,10 @@ from auxiliary import InfoPro
 from memory import Allocator, Usage
 from recompute import recomputed
 from settings import LOCK
+from task import Task
+
+TASK = Task(**{k: v for k, v in (LOCK.get("task") or {}).items() if k in ("targets", "loss")})
+"""The task of spec.lock.yaml: its targets and loss."""
 
 Inputs = torch.Tensor | tuple[torch.Tensor, ...]
 """A batch's model input: one tensor, or one per input of a forward that takes several."""
@@ -80,14 +83,14 @@ def select_output(out: Any, key: int | str | None = None) -> torch.Tensor:
 
 
 def task_loss(out: Any, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cross entropy on the selected output plus, where the model returns more outputs (in
-    train mode), each other output's cross entropy at its `task.aux_outputs` weight; the
-    loss, and the logits accuracy is measured on."""
-    logits = select_output(out)
-    loss = F.cross_entropy(logits, y)
+    """The task's loss on the selected output plus, where the model returns more outputs (in
+    train mode), each other output's loss at its `task.aux_outputs` weight; the loss, and the
+    logits (channels first) accuracy is measured on."""
+    logits = TASK.channels_first(select_output(out))
+    loss = TASK(logits, y)
     if not isinstance(out, torch.Tensor):
         for key, weight in (LOCK.get("task") or {}).get("aux_outputs", {}).items():
-            loss = loss + weight * F.cross_entropy(select_output(out, key), y)
+            loss = loss + weight * TASK(TASK.channels_first(select_output(out, key)), y)
     return loss, logits
 
 
@@ -273,7 +276,7 @@ def step_optimizer(s: Step, optimizer: torch.optim.Optimizer, step: int | None) 
 
 
 def accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """The share of `y` the logits predict; NaN without logits (a SupCon head has none)."""
-    if logits.numel() == 0:
-        return torch.tensor(float("nan"), device=y.device)
-    return (logits.detach().argmax(dim=1) == y).float().mean()
+    """The share of `y` (samples, tokens or pixels) the channels-first logits predict; NaN
+    without logits (a SupCon head has none)."""
+    found: torch.Tensor = TASK.accuracy(logits, y)
+    return found

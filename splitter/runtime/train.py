@@ -72,8 +72,9 @@ from runfolder import check_file, open_run
 from schedules import Pipeline, Schedule, Sequential, Wavefront, evaluate, segments
 from schedules import batches as batches  # re-exported: scripts and tests drive these too
 from settings import LOCK, PACKAGE, TRAINING, ConfigError, FlagError
-from step import Local, Parts, Step
+from step import TASK, Local, Parts, Step
 from step import local_step as local_step  # re-exported
+from task import headline
 
 # ---------------------------------------------------------------- settings
 
@@ -134,11 +135,12 @@ def load_dataset(args: argparse.Namespace, num_classes: int) -> data.Data:
         getattr(torch, inputs[0]["dtype"]),
         more_inputs=[(tuple(i["shape"]), getattr(torch, i["dtype"])) for i in inputs[1:]],
         num_classes=TRAINING["data"]["num_classes"]
-        or (num_classes if args.data == "synthetic" else None),
+        or (num_classes if args.data == "synthetic" or TASK.dense else None),
         root=args.data_root,
         padding=TRAINING["data"].get("padding", "zero"),
         flip=TRAINING["data"].get("flip", True),
         seed=args.seed,
+        targets=TASK.targets,
     )
     if dataset.num_classes > num_classes:
         raise ConfigError(
@@ -283,9 +285,9 @@ def train(argv: Sequence[str] | None = None) -> dict[str, Any]:
         training_s += time.perf_counter() - began
         history.flush()  # every row up to a checkpoint is written before it
         if b % s.per_epoch == 0 or b == s.total:
-            acc = evaluate(schedule, s, args)
-            evaluations.append({"step": b, "test_accuracy": acc})
-            shown.evaluated(b, acc)
+            scores = evaluate(schedule, s, args)
+            evaluations.append({"step": b, **scores})
+            shown.evaluated(b, scores)
         if saving(args, b, s.per_epoch, s.total):
             save(out / "checkpoint.pt", b, s, schedule)
         a = b
@@ -297,10 +299,9 @@ def train(argv: Sequence[str] | None = None) -> dict[str, Any]:
         export(args.export, s, schedule)
     if lead:
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        print(
-            f"test accuracy {metrics['test_accuracy']}; {memory_line(metrics)}; "
-            f"{out / 'metrics.json'}"
-        )
+        scores = metrics["evaluations"][-1] if metrics["evaluations"] else None
+        shown_scores = headline(scores) if scores else "test accuracy None"
+        print(f"{shown_scores}; {memory_line(metrics)}; {out / 'metrics.json'}")
     if layout is not None:
         dist.barrier()  # no rank leaves (taking its connections) while another still talks
         dist.destroy_process_group()

@@ -1,0 +1,118 @@
+"""The task a model trains on: its kind of targets (given, or inferred from the output's shape
+and the input's dtype), the loss and the number of classes a head predicts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from schemas.task import Targets, TaskSection
+from splitter.analysis.model import Analysis
+from splitter.errors import SplitterError
+from splitter.frontend.annotate import output_shape
+
+RANKS: dict[Targets, int] = {"class": 2, "next_token": 3, "per_token": 3, "pixel": 4}
+"""The rank of the output each target kind takes, batch included."""
+OUTPUTS: dict[Targets, str] = {
+    "class": "(B, C)", "next_token": "(B, T, V)", "per_token": "(B, T, C)", "pixel": "(B, C, H, W)"
+}  # fmt: skip
+PACKAGE_LOSSES = ("cross_entropy", "mse", "bce")
+"""The losses an emitted package computes itself."""
+
+
+class TaskError(SplitterError):
+    """A task the model's output cannot serve; the message names both and the fix."""
+
+
+@dataclass(frozen=True)
+class Task:
+    """The task in force: `targets`, `loss`, the classes a prediction ranges over, and how
+    the targets were chosen (`why`)."""
+
+    targets: Targets
+    loss: str
+    classes: int
+    why: str
+
+    @property
+    def dense(self) -> bool:
+        """A prediction per token or pixel."""
+        return self.targets != "class"
+
+    @property
+    def causal(self) -> bool:
+        """A head must not see the tokens after the one it predicts from."""
+        return self.targets == "next_token"
+
+    @property
+    def line(self) -> str:
+        """`next_token targets, cross_entropy (inferred: int64 input (B, 64), output ...)`."""
+        return f"{self.targets} targets over {self.classes} classes, {self.loss} ({self.why})"
+
+
+def resolve_task(analysis: Analysis, section: TaskSection | None = None) -> Task:
+    """The task of `section` on the analysed model: `targets` as given (checked against the
+    output's rank) or inferred: a (B, C) output is `class`; (B, T, V) is `next_token` when the
+    input is int64 token ids of the same T, else `per_token`; (B, C, H, W) after an image input
+    is `pixel`. An output no rule knows stays `class` over its last axis (as before)."""
+    section = section or TaskSection()
+    shape = output_shape(analysis.traced.graph("train").graph)
+    given = analysis.target_input
+    inputs = f"{str(given.dtype).removeprefix('torch.')} input {_text(given.shape)}"
+    out = f"output {_text(shape[1:])}" if shape is not None else "output of unknown shape"
+    if section.targets is not None:
+        targets = section.targets
+        if shape is None or len(shape) != RANKS[targets]:
+            raise TaskError(
+                f"`task.targets: {targets}` takes an output {OUTPUTS[targets]}, but the model's "
+                f"{out}; set `task.targets` to the kind its output serves, or `model.output` "
+                "to the output that is the prediction"
+            )
+        why = f"set in the spec; {inputs}, {out}"
+    else:
+        targets = _inferred(shape, given.shape, given.dtype.is_floating_point)
+        why = f"inferred from the {inputs} and the {out}; set `task.targets` to change"
+    classes = 10 if shape is None else shape[1] if targets == "pixel" else shape[-1]
+    return Task(targets, section.loss, classes, why)
+
+
+def _inferred(shape: tuple[int, ...] | None, sample: tuple[int, ...], floating: bool) -> Targets:
+    if shape is None or len(shape) == 2:
+        return "class"
+    if len(shape) == 3:
+        tokens = not floating and len(sample) == 1 and sample[0] == shape[1]
+        return "next_token" if tokens else "per_token"
+    if len(shape) == 4 and len(sample) == 3 and floating:
+        return "pixel"
+    return "class"
+
+
+def _text(sample: tuple[int, ...]) -> str:
+    return "(" + ", ".join(["B", *map(str, sample)]) + ")"
+
+
+SERVING: dict[Targets, tuple[str, ...]] = {
+    "class": ("linear", "conv", "momentum", "infopro", "augmented", "mlaan"),
+    "next_token": ("linear", "conv", "momentum", "augmented"),
+    "per_token": ("linear", "conv", "momentum", "augmented"),
+    "pixel": ("linear", "conv", "momentum", "augmented"),
+}
+"""The auxiliary kinds that serve each kind of targets. Per token and per pixel, `linear` and
+`conv` predict at every position instead of pooling (`conv` causal for next tokens: padded on
+the left, without BatchNorm); `momentum` and `augmented` end in such a head. `infopro`
+reconstructs images and `mlaan` cascades classifiers over pooled features: classes only."""
+
+
+def unserved(config: object, task: Task) -> str | None:
+    """Why an auxiliary (or a momentum auxiliary's head) cannot serve the task, or None."""
+    kind = str(getattr(config, "kind", config))
+    if kind not in SERVING[task.targets]:
+        kinds = ", ".join(f"`{k}`" for k in SERVING[task.targets])
+        return f"`{kind}` cannot serve `{task.targets}` targets; use {kinds}"
+    variant = getattr(config, "variant", "default")
+    if variant != "default" and task.dense:
+        return (
+            f"`conv` with `variant: {variant}` pools to one prediction per "
+            f"sample and cannot serve `{task.targets}` targets; use `variant: default`"
+        )
+    head = getattr(config, "head", None)
+    return unserved(head, task) if head is not None else None
