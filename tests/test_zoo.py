@@ -242,3 +242,36 @@ def test_maps_that_pass_through_tokens_stay_maps_davit_tiny(tmp_path: Path) -> N
             nhwc = cut.name.endswith((".permute", ".layer_norm"))
             expected = "nhwc" if nhwc else "nchw"
             assert infer_layout(gm, nodes[cut.index], cut.shape) == expected, cut.name
+
+
+def test_segmentation_trains_through_its_root_deeplabv3_mobilenet_v3_large(
+    tmp_path: Path,
+) -> None:
+    """MAN++'s segmentation setting: the backbone split into local blocks with per-pixel
+    heads, the ASPP head after it trained on the task loss, the whole model exported."""
+    ref = "torchvision:deeplabv3_mobilenet_v3_large"
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"version: 1\nmodel: {{ref: '{ref}', root: backbone, input_shape: [3, 96, 96]}}\n"
+        "partition: {auto: {blocks: 4}}\naux: {default: {kind: conv}}\n"
+        "training: {data: {name: synthetic}, batch_size: 4}\n"
+    )
+    found = partition(spec=str(spec), blocks=4)
+    assert len(found.blocks) == 4 and found.analysis.root == "backbone"
+    from splitter.api import verify
+
+    plan, checked = verify(None, str(spec), ModelOptions())
+    assert checked.ok, checked
+    compile_package(None, str(spec), ModelOptions(), out=str(tmp_path / "pkg"))
+    assert "targets: pixel" in (tmp_path / "pkg" / "spec.lock.yaml").read_text()
+    with load_package(tmp_path / "pkg") as train:
+        train.train(["--steps", "0", "--export", str(tmp_path / "before.pt")])
+        args = ["--steps", "2", "--eval-batches", "1", "--export", str(tmp_path / "after.pt")]
+        metrics = train.train([*args, "--out", str(tmp_path / "run")])
+    assert "test_miou" in metrics and len(metrics["block_losses"]) == 4
+    before, after = torch.load(tmp_path / "before.pt"), torch.load(tmp_path / "after.pt")
+    moved = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
+    assert moved >= {"backbone", "classifier"}
+    segmentation = torchvision.models.segmentation
+    model = segmentation.deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=None)
+    model.load_state_dict(after, strict=True)

@@ -32,6 +32,8 @@ class Analysis:
     root: str | None = None
     inputs: tuple[InputSpec, ...] | None = None
     """The `root` submodule's inputs, as the model calls it (None: the model's)."""
+    output_shape: tuple[int, ...] | None = None
+    """With `root`: the shape of the whole model's (first) output, batch included."""
 
     @property
     def target(self) -> nn.Module:
@@ -60,9 +62,10 @@ def analyze(
     options = options or ModelOptions()
     model = load_model(ref, options)
     target, inputs = model.module, model.inputs
+    output = None
     if root:
         target = _submodule(model.module, root)
-        inputs = _captured_inputs(model, target, root)
+        inputs, output = _captured_inputs(model, target, root)
     leaf_types, functions = _registries(ref)
     traced = trace(
         target,
@@ -80,7 +83,9 @@ def analyze(
             f"{','.join(map(str, i.shape))} ({str(i.dtype).removeprefix('torch.')})" for i in inputs
         )
         raise AnnotationError(f"`{ref}` with input shape {shapes}: {e}") from e
-    return Analysis(model, traced, analyze_cuts(traced), total, root, inputs if root else None)
+    found = Analysis(model, traced, analyze_cuts(traced), total, root, inputs if root else None)
+    found.output_shape = output
+    return found
 
 
 def _check_inputs(
@@ -107,9 +112,11 @@ def _submodule(model: nn.Module, fqn: str) -> nn.Module:
     return modules[fqn]
 
 
-def _captured_inputs(model: LoadedModel, target: nn.Module, fqn: str) -> tuple[InputSpec, ...]:
+def _captured_inputs(
+    model: LoadedModel, target: nn.Module, fqn: str
+) -> tuple[tuple[InputSpec, ...], tuple[int, ...] | None]:
     """The tensors the model passes to `target` (its leading tensor arguments), captured on a
-    real eval-mode forward."""
+    real eval-mode forward, and the shape of the model's first output tensor."""
     seen: list[tuple[torch.Tensor, ...]] = []
 
     def hook(_: nn.Module, args: tuple[Any, ...]) -> None:
@@ -121,7 +128,7 @@ def _captured_inputs(model: LoadedModel, target: nn.Module, fqn: str) -> tuple[I
     was_training = model.module.training
     try:
         with torch.no_grad():
-            model.module.eval()(*(i.batch(2) for i in model.inputs))
+            out = model.module.eval()(*(i.batch(2) for i in model.inputs))
     except Exception as error:  # the model's own failure, on the inputs as described
         shapes = " and ".join(",".join(map(str, i.shape)) for i in model.inputs)
         raise SplitterError(
@@ -137,7 +144,16 @@ def _captured_inputs(model: LoadedModel, target: nn.Module, fqn: str) -> tuple[I
             f"model.root `{fqn}` was not called with a tensor when the model ran; "
             "choose a submodule that takes tensors (see `splitter inspect`)"
         )
-    return tuple(InputSpec(tuple(t.shape[1:]), t.dtype, t) for t in seen[0])
+    found = tuple(InputSpec(tuple(t.shape[1:]), t.dtype, t) for t in seen[0])
+    return found, _first_shape(out)
+
+
+def _first_shape(out: object) -> tuple[int, ...] | None:
+    """The shape of the first tensor in an output (through tuples, lists and dicts)."""
+    if isinstance(out, torch.Tensor):
+        return tuple(out.shape)
+    values = out.values() if isinstance(out, dict) else out if isinstance(out, tuple | list) else []
+    return next((s for v in values if (s := _first_shape(v)) is not None), None)
 
 
 def _registries(ref: str) -> tuple[tuple[type, ...], tuple[Callable[..., Any], ...]]:

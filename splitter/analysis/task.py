@@ -55,8 +55,10 @@ def resolve_task(analysis: Analysis, section: TaskSection | None = None) -> Task
     input is int64 token ids of the same T, else `per_token`; (B, C, H, W) after an image input
     is `pixel`. An output no rule knows stays `class` over its last axis (as before)."""
     section = section or TaskSection()
-    shape = output_shape(analysis.traced.graph("train").graph)
-    given = analysis.target_input
+    if analysis.root:  # the whole model's output and input: the rest runs around the root
+        shape, given = analysis.output_shape, analysis.model.inputs[0]
+    else:
+        shape, given = output_shape(analysis.traced.graph("train").graph), analysis.target_input
     inputs = f"{str(given.dtype).removeprefix('torch.')} input {_text(given.shape)}"
     out = f"output {_text(shape[1:])}" if shape is not None else "output of unknown shape"
     if section.targets is not None:

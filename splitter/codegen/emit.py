@@ -81,10 +81,11 @@ def check_emittable(plan: Plan) -> None:
     """Refuse, with the fix, what the package cannot train."""
     spec = plan.spec.spec
     problems = []
-    if spec.model.root:
+    if spec.model.root and len(plan.analysis.target_inputs) > 1:
         problems.append(
-            f"`model.root: {spec.model.root}`: the package trains a classifier split as a whole; "
-            "remove `model.root` (inspect, verify and partition do take it)"
+            f"`model.root: {spec.model.root}` is called with {len(plan.analysis.target_inputs)} "
+            "tensors; a package trains a root that takes one: choose a submodule called with "
+            "one tensor (`splitter inspect` with `model.root` shows what it is given)"
         )
     if spec.task.loss not in PACKAGE_LOSSES:
         problems.append(
@@ -213,9 +214,9 @@ class Viewer:
 
     def lock(self, top: str, version: str) -> str:
         spec = self.plan.spec.spec.model_dump(mode="json")
-        inputs = [
+        inputs = [  # the model's own (with `model.root`, the root's are made by the model)
             {"shape": list(i.shape), "dtype": str(i.dtype).removeprefix("torch.")}
-            for i in self.analysis.target_inputs
+            for i in self.analysis.model.inputs
         ]
         spec["model"].update(
             kwargs=_plain_values(self.kwargs),

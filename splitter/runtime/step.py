@@ -14,6 +14,7 @@ import pipeline
 from auxiliary import InfoPro
 from memory import Allocator, Usage
 from recompute import recomputed
+from root import Around
 from settings import LOCK
 from task import Task
 
@@ -52,9 +53,14 @@ class Parts:
     inputs: tuple[str, ...] = ("x",)
     """The model's inputs by name, in the forward's order (a batch's `x` is a tuple of them
     when there are several)."""
+    around: Around | None = None
+    """With `model.root`: the model around the root the blocks split."""
 
     def split_inputs(self, x: Inputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """A batch's first input, which block 0 is given, and the others by name."""
+        """A batch's first input, which block 0 is given (with `model.root`: what the model
+        gives its root), and the others by name."""
+        if self.around is not None:
+            return self.around.root_input(as_tuple(x)), {}
         if isinstance(x, torch.Tensor):
             return x, {}
         return x[0], dict(zip(self.inputs[1:], x[1:], strict=True))
@@ -101,11 +107,16 @@ class Local(nn.Module):
     input of the first, so the loss trains them too."""
 
     def __init__(
-        self, block: nn.Module, auxiliary: nn.Module | None, earlier: Sequence[nn.Module] = ()
+        self,
+        block: nn.Module,
+        auxiliary: nn.Module | None,
+        earlier: Sequence[nn.Module] = (),
+        around: Around | None = None,
     ) -> None:
         super().__init__()
         self.block, self.auxiliary = block, auxiliary
         self._earlier = tuple(earlier)  # the real blocks, held (and trained) by their own Local
+        self._around = around  # with `model.root` (the last block): the model around it
 
     def forward(
         self,
@@ -114,6 +125,7 @@ class Local(nn.Module):
         image: torch.Tensor,
         history: list[torch.Tensor],
         others: dict[str, torch.Tensor],
+        inputs: Inputs | None = None,
     ) -> tuple[Any, torch.Tensor, torch.Tensor]:
         if self._earlier:
             x = history[-len(self._earlier) - 1]
@@ -121,7 +133,11 @@ class Local(nn.Module):
                 x = fed(block, x, others)
         out = fed(self.block, x, others)
         if self.auxiliary is None:
-            loss, logits = task_loss(out, y)
+            whole = out
+            if self._around is not None:  # the model around its root, on the batch's inputs
+                assert inputs is not None, "the last block of a root needs the model's inputs"
+                whole = self._around.output(as_tuple(inputs), out)
+            loss, logits = task_loss(whole, y)
             return out, loss, logits
         loss, logits = self.auxiliary(out, y, image, history)
         return out, loss, logits
@@ -146,6 +162,8 @@ class Flight:
     """The detached inputs of the last blocks (MLAAN recomputes its window from them)."""
     others: dict[str, torch.Tensor] = field(default_factory=dict)
     """The model's other inputs, by name, for the blocks that read them."""
+    inputs: Inputs | None = None
+    """With `model.root`: the batch's model inputs, which the model around the root runs on."""
 
     def to(self, device: torch.device) -> Flight:
         def move(t: torch.Tensor) -> torch.Tensor:
@@ -197,7 +215,7 @@ def block_step(s: Step, k: int, f: Flight) -> None:
     """Block k on the detached output of the block before: forward, local loss, backward at
     once, its auxiliary's EMA update, and (per-block optimizers) its optimizer step."""
     with s.random.use(k), s.memory.saved.watch(), s.autocast():
-        out, loss, logits = s.locals[k](f.x, f.y, f.image, f.history, f.others)
+        out, loss, logits = s.locals[k](f.x, f.y, f.image, f.history, f.others, f.inputs)
     if loss.requires_grad:  # MLAAN's block 0 has no loss of its own
         s.scaler.scale(loss).backward()
     s.memory.saved.release()
@@ -221,7 +239,8 @@ def local_step(
     """Every block on one batch, in order (the sequential schedule); each block's loss and
     accuracy. `step` sets the learning rate by the schedule (None: as the optimizers have it)."""
     x, others = s.parts.split_inputs(inputs)
-    f = Flight(step, x, y, s.dataset.unnormalise(x), [x], others)
+    around = inputs if s.parts.around is not None else None
+    f = Flight(step, x, y, s.dataset.unnormalise(x), [x], others, around)
     for k in range(len(s.parts.blocks)):
         block_step(s, k, f)
     if not s.per_block:

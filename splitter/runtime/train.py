@@ -68,6 +68,7 @@ from memory import Allocator, Usage
 from metrics import memory_line, report
 from placement import Placement, connect, place
 from progress import Progress, announce
+from root import Around
 from runfolder import check_file, open_run
 from schedules import Pipeline, Schedule, Sequential, Wavefront, evaluate, segments
 from schedules import batches as batches  # re-exported: scripts and tests drive these too
@@ -94,13 +95,15 @@ def build(seed: int) -> Parts:
     spec = LOCK["model"]
     net = getattr(model_file, PACKAGE["builder"])(**spec["kwargs"])
     check_fingerprint(net)
-    split = blocks.build_blocks(net)
+    around = Around(net, spec["root"]) if spec.get("root") else None
+    target = around.root if around else net  # the module the blocks split
+    split = blocks.build_blocks(target)
     num_classes = PACKAGE["num_classes"]
-    auxiliaries = blocks.build_auxiliaries(net, split, num_classes)
+    auxiliaries = blocks.build_auxiliaries(target, split, num_classes)
     windows = [int(getattr(a, "window", 1)) for a in auxiliaries]
     windows.append(int(getattr(blocks, "TASK_WINDOW", 1)))
     inputs = tuple(getattr(blocks, "INPUTS", ("x",)))
-    return Parts(net, split, auxiliaries, num_classes, windows, inputs)
+    return Parts(net, split, auxiliaries, num_classes, windows, inputs, around)
 
 
 def check_fingerprint(net: nn.Module) -> None:
@@ -121,7 +124,10 @@ def make_optimizers(parts: Parts, mode: str) -> list[torch.optim.Optimizer]:
     if TRAINING["optimizer_scope"] == "global":
         return [optim.optimizer(config, optim.trainable(parts.blocks, parts.auxiliaries))]
     pairs = zip(parts.blocks, [*parts.auxiliaries, nn.Module()], strict=True)
-    return [optim.optimizer(config, optim.trainable(block, aux)) for block, aux in pairs]
+    found = [optim.trainable(block, aux) for block, aux in pairs]
+    if parts.around is not None:  # the task loss trains what runs after the root, too
+        found[-1] += [p for p in parts.around.rest if p.requires_grad]
+    return [optim.optimizer(config, params) for params in found]
 
 
 def load_dataset(args: argparse.Namespace, num_classes: int) -> data.Data:
@@ -160,6 +166,7 @@ def make_locals(parts: Parts, placement: Placement, compiled: bool) -> list[nn.M
             torch.compile(block) if compiled else block,
             parts.auxiliaries[k] if k < parts.last else None,
             parts.blocks[k - parts.windows[k] + 1 : k] if k == parts.last else (),
+            parts.around if k == parts.last else None,
         )
         for k, block in enumerate(parts.blocks)
     ]
@@ -241,6 +248,17 @@ def make_schedule(s: Step, args: argparse.Namespace, placement: Placement) -> Sc
         raise ConfigError(
             f"the model takes {len(s.parts.inputs)} inputs ({', '.join(s.parts.inputs)}), which "
             "train on one device for now: give one --device and run without torchrun"
+        )
+    around = s.parts.around
+    if around is not None and (len(placement.groups) > 1 or placement.layout is not None):
+        raise ConfigError(
+            f"`model.root: {around.path}`: a split root trains on one device for now; give one "
+            "--device and run without torchrun"
+        )
+    if around is not None and args.checkpoint:
+        raise ConfigError(
+            f"--checkpoint recomputes the blocks of a model split whole, not of its root "
+            f"`{around.path}`; run --mode e2e without --checkpoint"
         )
     if placement.layout is not None and placement.channels is not None:
         layout, channels = placement.layout, placement.channels

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
@@ -348,19 +347,6 @@ def _replace(block: nn.Module, path: str, module: nn.Module) -> None:
             holder._modules[part] = child
         holder = child
     holder._modules[name] = module
-
-
-@contextmanager
-def swapped(model: nn.Module, fqn: str, replacement: nn.Module) -> Iterator[nn.Module]:
-    """Run `model` with the submodule at `fqn` replaced (for `model.root`)."""
-    *parents, name = fqn.split(".")
-    holder = model.get_submodule(".".join(parents)) if parents else model
-    original = holder._modules[name]
-    holder._modules[name] = replacement
-    try:
-        yield model
-    finally:
-        holder._modules[name] = original
 
 
 def span_graph(gm: fx.GraphModule, start: str | None, end: str | None) -> fx.Graph:

@@ -15,8 +15,9 @@ from torch.utils import _pytree as pytree
 from schemas.auxiliary import loss_windows
 from splitter.analysis.cuts import CutPoint
 from splitter.analysis.outputs import other_outputs, without
+from splitter.runtime.root import swapped
 from splitter.transform.compare import rel_diff, tree_equal
-from splitter.transform.surgery import Block, Surgery, feed, swapped
+from splitter.transform.surgery import Block, Surgery, feed
 
 if TYPE_CHECKING:
     from splitter.partitioning.plan import Plan
