@@ -69,9 +69,13 @@ class Mlaan(nn.Module):
 
 class Unsupervised(nn.Module):
     """No loss of its own: MLAAN's CIFAR code trains module 0 only through module 1's cascaded
-    loss, which recomputes it from the image. The block's step has nothing to backward."""
+    loss, which recomputes it from the image. The block's step has nothing to backward, so
+    its forward runs without a graph (`has_loss`): a graph never backwarded would also outlive
+    the step, its saved outputs packed by the memory tracker's hooks referring to their own
+    nodes."""
 
     window = 1
+    has_loss = False
 
     def forward(
         self,

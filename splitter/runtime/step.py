@@ -214,7 +214,8 @@ class Step:
 def block_step(s: Step, k: int, f: Flight) -> None:
     """Block k on the detached output of the block before: forward, local loss, backward at
     once, its auxiliary's EMA update, and (per-block optimizers) its optimizer step."""
-    with s.random.use(k), s.memory.saved.watch(), s.autocast():
+    graph = k == s.parts.last or getattr(s.parts.auxiliaries[k], "has_loss", True)
+    with s.random.use(k), s.memory.saved.watch(), s.autocast(), torch.set_grad_enabled(graph):
         out, loss, logits = s.locals[k](f.x, f.y, f.image, f.history, f.others, f.inputs)
     if loss.requires_grad:  # MLAAN's block 0 has no loss of its own
         s.scaler.scale(loss).backward()
