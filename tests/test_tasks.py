@@ -289,3 +289,38 @@ def test_a_classifier_keeps_cross_entropy_over_classes(tmp_path: Path) -> None:
     compile_package(None, str(spec), ModelOptions(), out=str(tmp_path / "pkg"))
     text = (tmp_path / "pkg" / "blocks.py").read_text()
     assert "Task(" not in text and "Classifier(LinearHead(" in text
+
+
+# ---------------------------------------------------------------- the user's loss
+
+LOSSES = """
+import torch.nn.functional as F
+
+
+def smooth(output, target):
+    return F.cross_entropy(output.movedim(-1, 1), target, label_smoothing=0.2)
+"""
+
+
+def test_a_loss_function_of_the_users_file_trains_every_block(tmp_path: Path) -> None:
+    (tmp_path / "losses.py").write_text(LOSSES)
+    spec = Path(gpt_spec(tmp_path, "{kind: linear}", "task: {loss: losses.py:smooth}\n"))
+    pkg = tmp_path / "pkg"
+    compile_package(None, str(spec), ModelOptions(), out=str(pkg))
+    assert (pkg / "losses.py").read_text() == LOSSES
+    assert 'task = Task("next_token", "losses.py:smooth")' in (pkg / "blocks.py").read_text()
+    with load_package(pkg) as train:
+        s, _ = train.prepare(train.parse_args(["--steps", "1", "--out", str(tmp_path / "r")]))
+        x, y = next(s.dataset.train_batches(0, 4, 0))
+        h = s.parts.blocks[0](x)
+        logits = s.parts.auxiliaries[0].head(h)  # (B, V, T), channels first
+        expected = F.cross_entropy(logits, y, label_smoothing=0.2)
+        assert torch.equal(s.parts.auxiliaries[0](h, y, x)[0], expected)
+        out, loss, _ = s.locals[3](h, y, x, [h], {})  # the task loss, on the model's output
+        assert loss.item() > 0
+        metrics = train.train(["--steps", "2", "--eval-batches", "1", "--out", str(tmp_path / "r")])
+    assert metrics["task"]["loss"] == "losses.py:smooth" and len(metrics["block_losses"]) == 4
+    missing = gpt_spec(tmp_path, "{kind: linear}", "task: {loss: losses.py:focal}\n")
+    with pytest.raises(SplitterError, match=r"defines no function `focal`; its functions: `smooth`"):
+        compile_package(None, missing, ModelOptions(), out=str(tmp_path / "m"))
+    assert not (tmp_path / "m").exists()

@@ -3,20 +3,23 @@ and the input's dtype), the loss and the number of classes a head predicts."""
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
+from pathlib import Path
 
 from schemas.task import Targets, TaskSection
 from splitter.analysis.model import Analysis
 from splitter.errors import SplitterError
 from splitter.frontend.annotate import output_shape
+from splitter.runtime import MODULES
 
 RANKS: dict[Targets, int] = {"class": 2, "next_token": 3, "per_token": 3, "pixel": 4}
 """The rank of the output each target kind takes, batch included."""
 OUTPUTS: dict[Targets, str] = {
     "class": "(B, C)", "next_token": "(B, T, V)", "per_token": "(B, T, C)", "pixel": "(B, C, H, W)"
 }  # fmt: skip
-PACKAGE_LOSSES = ("cross_entropy", "mse", "bce")
-"""The losses an emitted package computes itself."""
+PACKAGE_LOSSES = ("cross_entropy", "mse", "bce", "file.py:function")
+"""The losses an emitted package computes (the last: the user's function, its file copied)."""
 
 
 class TaskError(SplitterError):
@@ -74,7 +77,11 @@ def resolve_task(analysis: Analysis, section: TaskSection | None = None) -> Task
         targets = _inferred(shape, given.shape, given.dtype.is_floating_point)
         why = f"inferred from the {inputs} and the {out}; set `task.targets` to change"
     classes = 10 if shape is None else shape[1] if targets == "pixel" else shape[-1]
-    return Task(targets, section.loss, classes, why)
+    loss = section.loss
+    if ".py:" in loss:  # the package holds the file beside train.py, under its own name
+        file, _, name = loss.rpartition(":")
+        loss = f"{Path(file).name}:{name}"
+    return Task(targets, loss, classes, why)
 
 
 def _inferred(shape: tuple[int, ...] | None, sample: tuple[int, ...], floating: bool) -> Targets:
@@ -118,3 +125,39 @@ def unserved(config: object, task: Task) -> str | None:
         )
     head = getattr(config, "head", None)
     return unserved(head, task) if head is not None else None
+
+
+def loss_file(loss: str, spec_source: str) -> tuple[str, str] | None:
+    """For `task.loss: file.py:function`, the file's name and text, to copy into the package
+    (found beside the spec, else from the working folder), after checking that it defines the
+    function; None for a loss the package computes itself."""
+    if ".py:" not in loss:
+        return None
+    file, _, name = loss.rpartition(":")
+    beside = Path(spec_source).parent / file
+    path = beside if beside.is_file() else Path(file)
+    if not path.is_file():
+        raise TaskError(
+            f"`task.loss: {loss}`: no file `{file}` beside the spec ({beside}) or in the "
+            "working folder; give the path of a Python file that defines the function"
+        )
+    reserved = {"blocks", "model", *MODULES}
+    if path.stem in reserved:
+        raise TaskError(
+            f"`task.loss: {loss}`: the package has its own `{path.stem}.py`; rename the file "
+            f"(e.g. `{path.stem}_loss.py`)"
+        )
+    spec = importlib.util.spec_from_file_location(f"_splitter_loss_{path.stem}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as error:  # the user's file failed to run
+        raise TaskError(f"`task.loss: {loss}`: running `{path}` failed: {error}") from error
+    if not callable(getattr(module, name, None)):
+        found = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")]
+        raise TaskError(
+            f"`task.loss: {loss}`: `{path}` defines no function `{name}`; its functions: "
+            f"{', '.join(f'`{n}`' for n in found) or 'none'}"
+        )
+    return path.name, path.read_text(encoding="utf-8")

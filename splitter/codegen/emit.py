@@ -16,7 +16,7 @@ import yaml
 
 from schemas.spec import TrainingSection
 from splitter.analysis.outputs import other_outputs
-from splitter.analysis.task import PACKAGE_LOSSES
+from splitter.analysis.task import PACKAGE_LOSSES, loss_file
 from splitter.codegen.auxiliaries import AUX_CLASSES, AuxiliaryViews, aux_config
 from splitter.codegen.modelsource import ModelSource
 from splitter.codegen.source import Imports, ModuleSource, ShapeText, batch_shapes, module_source
@@ -69,6 +69,15 @@ def package_files(
     top = header(version, sources)
     view = Viewer(plan, source, dict(kwargs if kwargs is not None else plan.spec.spec.model.kwargs))
     files = dict(source.files)
+    loss = loss_file(plan.spec.spec.task.loss, plan.spec.source)
+    if loss is not None:
+        name, text = loss
+        if files.get(name, text) != text:
+            raise CompileError(
+                f"`task.loss` names `{name}`, which differs from the model's own `{name}`; "
+                "rename one of them"
+            )
+        files[name] = text
     files["blocks.py"] = TEMPLATES.get_template("blocks.py.jinja").render(view.blocks(top))
     for name in RUNTIME_FILES:
         files[name] = f"{top}\n{(RUNTIME / name).read_text(encoding='utf-8')}"
@@ -87,7 +96,7 @@ def check_emittable(plan: Plan) -> None:
             "tensors; a package trains a root that takes one: choose a submodule called with "
             "one tensor (`splitter inspect` with `model.root` shows what it is given)"
         )
-    if spec.task.loss not in PACKAGE_LOSSES:
+    if spec.task.loss not in PACKAGE_LOSSES and ".py:" not in spec.task.loss:
         problems.append(
             f"`task.loss: {spec.task.loss}`: the package computes "
             f"{', '.join(f'`{n}`' for n in PACKAGE_LOSSES)}; set one of them"

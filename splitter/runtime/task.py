@@ -7,7 +7,10 @@ where a head's coarser map is resized to the targets' (bilinear) before the loss
 model's own output `(B, T, V)` is moved to channels first by `Task.channels_first`.
 
 `cross_entropy` is the negative log-likelihood of the target class; `mse` and `bce` compare the
-predictions with the targets one-hot over the classes (`bce` on logits: a sigmoid per class).
+predictions with the targets one-hot over the classes (`bce` on logits: a sigmoid per class);
+`file.py:function` is the user's function of (prediction, targets), its file copied into the
+package: it is given predictions as the model gives them (tokens `(B, T, V)`, pixels resized to
+the targets), by the model and by every head.
 
 `Score` adds up a test set's figures in one tensor, so that pipeline stages can sum it across
 ranks: right and seen targets for every task, the summed cross entropy for tokens (perplexity
@@ -16,8 +19,11 @@ present in the targets or the predictions)."""
 
 from __future__ import annotations
 
+import importlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from typing import Literal
 
 import torch
@@ -58,6 +64,10 @@ class Task:
     def __call__(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The loss of channels-first `logits` against the targets `y`."""
         logits = self.fitted(logits, y)
+        if ".py:" in self.loss:  # the user's function, on predictions as the model gives them
+            given = logits.movedim(1, -1) if self.tokens else logits
+            loss: torch.Tensor = function(self.loss)(given, y)
+            return loss
         if self.loss == "cross_entropy":
             return F.cross_entropy(logits, y)
         hot = F.one_hot(y, logits.shape[1]).movedim(-1, 1).to(logits.dtype)
@@ -74,6 +84,15 @@ class Task:
 
     def score(self, classes: int) -> Score:
         return Score(self, classes)
+
+
+@cache
+def function(loss: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The function `NAME` of `file.py:NAME`, from the copy of the file beside train.py."""
+    file, _, name = loss.rpartition(":")
+    found: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    found = getattr(importlib.import_module(file.removesuffix(".py").split("/")[-1]), name)
+    return found
 
 
 CLASSES = Task()
