@@ -9,7 +9,7 @@ from pydantic import NonNegativeFloat, field_validator
 
 from schemas.base import SpecModel, rule
 
-Targets = Literal["class", "next_token", "per_token", "pixel"]
+Targets = Literal["class", "next_token", "per_token", "pixel", "boxes"]
 LOSSES = ("cross_entropy", "mse", "bce", "model")
 _FUNCTION = r"^[^:]+\.py:[A-Za-z_][A-Za-z0-9_]*$"
 
@@ -24,8 +24,10 @@ class TaskSection(SpecModel):
     targets: Targets | None = None
     """`class` (one label per sample, output (B, C)), `next_token` (a language model: each
     position's next token, int64 input (B, T) and output (B, T, V)), `per_token` (a label per
-    position, output (B, T, C)) or `pixel` (a class per pixel, output (B, C, H, W)). null:
-    inferred from the output's shape and the input's dtype, and printed by `compile`."""
+    position, output (B, T, C)), `pixel` (a class per pixel, output (B, C, H, W)) or `boxes`
+    (a detection model with `loss: model`: boxes and labels per image; the blocks' heads learn
+    the class of the box over each pixel). null: inferred from the output's shape and the
+    input's dtype (`boxes` with `loss: model`), and printed by `compile`."""
     aux_outputs: dict[int | str, NonNegativeFloat] | None = None
     """Weights of the model's other outputs in the task loss (key or index as `model.output`
     takes it), each the task loss on the same targets: `{aux_logits: 0.4}`. null: 0.4 for

@@ -89,8 +89,8 @@ def test_block_zero_gets_what_the_model_gives_its_root(tmp_path: Path) -> None:
     with load_package(package(tmp_path)) as train:
         parts = train.build(0)
         x = torch.rand(2, 3, 16, 16)
-        first, others = parts.split_inputs(x)
-        assert torch.equal(first, 2 * x - 1) and others == {}
+        first = parts.around.root_input((x,))
+        assert torch.equal(first, 2 * x - 1)
         parts.model.eval()
         with torch.no_grad():
             out = parts.blocks[2](parts.blocks[1](parts.blocks[0](first)))

@@ -324,3 +324,28 @@ def test_a_loss_function_of_the_users_file_trains_every_block(tmp_path: Path) ->
     with pytest.raises(SplitterError, match=r"defines no function `focal`; its functions: `smooth`"):
         compile_package(None, missing, ModelOptions(), out=str(tmp_path / "m"))
     assert not (tmp_path / "m").exists()
+
+
+# ---------------------------------------------------------------- detection targets
+
+
+def test_boxes_are_the_rectangles_of_the_masks_scenes() -> None:
+    from splitter.runtime.taskdata import boxes
+
+    images, targets = next(boxes((3, 16, 16), 5, 4, seed=0).batches([[0, 1, 2]], 0))
+    same, masks_only = next(masks((3, 16, 16), 5, 4, seed=0).batches([[0, 1, 2]], 0))
+    assert torch.equal(images, same) and torch.equal(targets.masks, masks_only)
+    for mask, target in zip(targets.masks, targets.targets, strict=True):
+        for (x1, y1, x2, y2), label in zip(target["boxes"].long(), target["labels"], strict=True):
+            assert 0 <= x1 < x2 <= 16 and 0 <= y1 < y2 <= 16 and 1 <= label < 5
+        last = target["boxes"][-1].long()  # drawn last, on top: its pixels carry its class
+        assert bool((mask[last[1] : last[3], last[0] : last[2]] == target["labels"][-1]).all())
+    assert len(targets) == 3 and targets.to("cpu").masks.shape == (3, 16, 16)
+    task = Task("boxes", "model")
+    logits = torch.randn(3, 5, 8, 8)
+    fine = F.interpolate(logits, size=(16, 16), mode="bilinear")
+    assert torch.equal(task(logits, targets), F.cross_entropy(fine, targets.masks))
+    score = task.score(5)
+    score.add({"a": torch.tensor(1.0), "b": torch.tensor(2.0)}, targets)
+    score.add({"a": torch.tensor(0.5), "b": torch.tensor(0.5)}, targets)
+    assert score.summary() == {"test_loss": 2.0}

@@ -275,3 +275,36 @@ def test_segmentation_trains_through_its_root_deeplabv3_mobilenet_v3_large(
     segmentation = torchvision.models.segmentation
     model = segmentation.deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=None)
     model.load_state_dict(after, strict=True)
+
+
+def test_a_detection_backbone_trains_on_the_models_losses_fasterrcnn(tmp_path: Path) -> None:
+    """MAN++'s detection setting: the backbone's body split into local blocks whose heads
+    learn the class of the box over each pixel; the FPN, RPN and ROI heads train on the loss
+    dict the model returns for synthetic boxes; the whole model exported."""
+    ref = "torchvision:fasterrcnn_mobilenet_v3_large_320_fpn"
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"version: 1\nmodel: {{ref: '{ref}', root: backbone.body, input_shape: [3, 128, 128]}}\n"
+        "task: {loss: model}\npartition: {auto: {blocks: 3}}\naux: {default: {kind: conv}}\n"
+        "training: {data: {name: synthetic}, batch_size: 2}\n"
+    )
+    found = partition(spec=str(spec), blocks=3)
+    assert len(found.blocks) == 3 and found.analysis.root == "backbone.body"
+    from splitter.api import verify
+
+    _, checked = verify(None, str(spec), ModelOptions())
+    assert checked.ok, checked
+    compile_package(None, str(spec), ModelOptions(), out=str(tmp_path / "pkg"))
+    lock = (tmp_path / "pkg" / "spec.lock.yaml").read_text()
+    assert "targets: boxes" in lock and "loss: model" in lock and "num_classes: 91" in lock
+    with load_package(tmp_path / "pkg") as train:
+        train.train(["--steps", "0", "--export", str(tmp_path / "before.pt")])
+        args = ["--steps", "2", "--eval-batches", "1", "--export", str(tmp_path / "after.pt")]
+        metrics = train.train([*args, "--out", str(tmp_path / "run")])
+    assert metrics["test_loss"] > 0 and len(metrics["block_losses"]) == 3
+    before, after = torch.load(tmp_path / "before.pt"), torch.load(tmp_path / "after.pt")
+    moved = {".".join(k.split(".")[:2]) for k in before if not torch.equal(before[k], after[k])}
+    assert moved >= {"backbone.body", "backbone.fpn", "rpn.head", "roi_heads.box_predictor"}
+    detection = torchvision.models.detection
+    model = detection.fasterrcnn_mobilenet_v3_large_320_fpn(weights=None, weights_backbone=None)
+    model.load_state_dict(after, strict=True)

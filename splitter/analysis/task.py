@@ -7,19 +7,23 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
+from torch import nn
+
 from schemas.task import Targets, TaskSection
 from splitter.analysis.model import Analysis
 from splitter.errors import SplitterError
 from splitter.frontend.annotate import output_shape
 from splitter.runtime import MODULES
 
-RANKS: dict[Targets, int] = {"class": 2, "next_token": 3, "per_token": 3, "pixel": 4}
+RANKS: dict[Targets, int] = {"class": 2, "next_token": 3, "per_token": 3, "pixel": 4, "boxes": 0}
 """The rank of the output each target kind takes, batch included."""
 OUTPUTS: dict[Targets, str] = {
-    "class": "(B, C)", "next_token": "(B, T, V)", "per_token": "(B, T, C)", "pixel": "(B, C, H, W)"
+    "class": "(B, C)", "next_token": "(B, T, V)", "per_token": "(B, T, C)",
+    "pixel": "(B, C, H, W)", "boxes": "a loss dict (with `loss: model`)",
 }  # fmt: skip
-PACKAGE_LOSSES = ("cross_entropy", "mse", "bce", "file.py:function")
-"""The losses an emitted package computes (the last: the user's function, its file copied)."""
+PACKAGE_LOSSES = ("cross_entropy", "mse", "bce", "file.py:function", "model")
+"""The losses an emitted package computes (`file.py:function`: the user's function, its file
+copied; `model`: the loss dict a detection model returns, with `boxes` targets)."""
 
 
 class TaskError(SplitterError):
@@ -46,6 +50,16 @@ class Task:
         """A head must not see the tokens after the one it predicts from."""
         return self.targets == "next_token"
 
+    def sentence(self, root: str | None = None) -> str:
+        """For the package's README: the targets, classes and loss (and the split root)."""
+        text = f"`{self.targets}` targets over {self.classes} classes, loss `{self.loss}`"
+        if root:
+            text += (
+                f"; the blocks split `{root}`, and the rest of the model runs around them and "
+                "trains on the task loss with the last block"
+            )
+        return text
+
     @property
     def line(self) -> str:
         """`next_token targets, cross_entropy (inferred: int64 input (B, 64), output ...)`."""
@@ -64,6 +78,9 @@ def resolve_task(analysis: Analysis, section: TaskSection | None = None) -> Task
         shape, given = output_shape(analysis.traced.graph("train").graph), analysis.target_input
     inputs = f"{str(given.dtype).removeprefix('torch.')} input {_text(given.shape)}"
     out = f"output {_text(shape[1:])}" if shape is not None else "output of unknown shape"
+    if section.loss == "model" or section.targets == "boxes":
+        return _boxes(analysis, section, inputs)
+    targets: Targets
     if section.targets is not None:
         targets = section.targets
         if shape is None or len(shape) != RANKS[targets]:
@@ -82,6 +99,29 @@ def resolve_task(analysis: Analysis, section: TaskSection | None = None) -> Task
         file, _, name = loss.rpartition(":")
         loss = f"{Path(file).name}:{name}"
     return Task(targets, loss, classes, why)
+
+
+def _boxes(analysis: Analysis, section: TaskSection, inputs: str) -> Task:
+    """A detection model trained on its own loss dict: the classes of its box classifier (a
+    Linear named `cls_score`, as torchvision's), which the blocks' per-pixel heads predict."""
+    if section.loss != "model" or section.targets not in (None, "boxes"):
+        raise TaskError(
+            f"`task.loss: {section.loss}` with `targets: {section.targets}`: a detection model "
+            "trains on the loss dict it returns; set `task: {loss: model, targets: boxes}`"
+        )
+    found = [
+        m.out_features
+        for name, m in analysis.model.module.named_modules()
+        if name.split(".")[-1] == "cls_score" and isinstance(m, nn.Linear)
+    ]
+    if not found:
+        raise TaskError(
+            "`task.loss: model` trains a detection model on its loss dict, and its classes are "
+            "read from its box classifier (a Linear named `cls_score`, as torchvision's), which "
+            "this model lacks; use `task.loss: cross_entropy` with per-pixel or class targets"
+        )
+    why = f"a detection model's loss dict; {inputs}, boxes and labels per image"
+    return Task("boxes", "model", found[0], why)
 
 
 def _inferred(shape: tuple[int, ...] | None, sample: tuple[int, ...], floating: bool) -> Targets:
@@ -104,6 +144,7 @@ SERVING: dict[Targets, tuple[str, ...]] = {
     "next_token": ("linear", "conv", "momentum", "augmented"),
     "per_token": ("linear", "conv", "momentum", "augmented"),
     "pixel": ("linear", "conv", "momentum", "augmented"),
+    "boxes": ("linear", "conv", "momentum", "augmented"),
 }
 """The auxiliary kinds that serve each kind of targets. Per token and per pixel, `linear` and
 `conv` predict at every position instead of pooling (`conv` causal for next tokens: padded on

@@ -305,6 +305,7 @@ class Viewer:
             "blocks": rows,
             "data": f"`{spec.training.data.name}`",
             "recipe": recipe_text(spec.training),
+            "task": self.aux.task.sentence(spec.model.root),
             "epochs": spec.training.epochs,
             "torchvision_note": "" if self.source.copied else " and the model",
             "model_note": copied + (" (with the modules it imports)" if self.source.copied else ""),

@@ -57,7 +57,7 @@ def report(
         "block_losses": [losses[k] for k in sorted(losses)],
         "block_accuracy": [accs[k] for k in sorted(accs)],
         "task": {"targets": TASK.targets, "loss": TASK.loss},
-        "test_accuracy": evaluations[-1]["test_accuracy"] if evaluations else None,
+        "test_accuracy": evaluations[-1].get("test_accuracy") if evaluations else None,
         **{k: v for k, v in (evaluations[-1] if evaluations else {}).items() if k != "step"},
         "evaluations": evaluations,
         **{

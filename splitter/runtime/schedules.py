@@ -23,9 +23,11 @@ from step import (
     block_step,
     e2e_step,
     local_step,
+    model_args,
     moved,
     needs_image,
     select_output,
+    tensors_of,
 )
 
 
@@ -41,7 +43,7 @@ class Sequential:
         for step, (x, y) in batches(s, self.args, a, b):
             began = time.perf_counter()
             x, y = moved(x, self.device), y.to(self.device, non_blocking=True)
-            with s.memory.step((*as_tuple(x), y), s.optimizers):
+            with s.memory.step((*as_tuple(x), *tensors_of(y)), s.optimizers):
                 (e2e_step if self.args.mode == "e2e" else local_step)(s, x, y, step)
             times.append(time.perf_counter() - began)
             yield step
@@ -50,9 +52,25 @@ class Sequential:
         """The model's test figures (the blocks share its modules): see task.Score."""
         score = TASK.score(self.s.parts.num_classes)
         for x, y in test:
-            score.add(self.forward(moved(x, self.device)), y)
+            if TASK.loss == "model":
+                score.add(self.losses(moved(x, self.device), y.to(self.device)), y)
+            else:
+                score.add(self.forward(moved(x, self.device)), y)
         found: dict[str, float] = score.summary()
         return found
+
+    def losses(self, x: Inputs, y: Any) -> Any:
+        """A detection model's loss dict on test data: in train mode, where it computes its
+        losses, with its BatchNorm statistics kept as they are."""
+        model = self.s.parts.model
+        model.train()
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
+        try:
+            return model(*model_args(x, y))
+        finally:
+            model.eval()
 
     def forward(self, x: Inputs) -> torch.Tensor:
         logits: torch.Tensor = select_output(self.s.parts.model(*as_tuple(x)))

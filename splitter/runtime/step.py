@@ -29,6 +29,11 @@ def as_tuple(x: Inputs) -> tuple[torch.Tensor, ...]:
     return (x,) if isinstance(x, torch.Tensor) else tuple(x)
 
 
+def tensors_of(y: Any) -> tuple[torch.Tensor, ...]:
+    """The tensors of a batch's targets (a detection batch holds several)."""
+    return (y,) if isinstance(y, torch.Tensor) else tuple(y.tensors())
+
+
 def moved(x: Inputs, device: torch.device) -> Inputs:
     if isinstance(x, torch.Tensor):
         return x.to(device, non_blocking=True)
@@ -57,10 +62,7 @@ class Parts:
     """With `model.root`: the model around the root the blocks split."""
 
     def split_inputs(self, x: Inputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """A batch's first input, which block 0 is given (with `model.root`: what the model
-        gives its root), and the others by name."""
-        if self.around is not None:
-            return self.around.root_input(as_tuple(x)), {}
+        """A batch's first input, which block 0 is given, and the others by name."""
         if isinstance(x, torch.Tensor):
             return x, {}
         return x[0], dict(zip(self.inputs[1:], x[1:], strict=True))
@@ -88,10 +90,21 @@ def select_output(out: Any, key: int | str | None = None) -> torch.Tensor:
     return out[key or 0]  # type: ignore[no-any-return]
 
 
-def task_loss(out: Any, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def model_args(inputs: Inputs, y: Any) -> tuple[Any, ...]:
+    """What the model is called with: its inputs, and with `loss: model` the targets too (a
+    detection model's boxes and labels per image, from which it computes its losses)."""
+    found = as_tuple(inputs)
+    return (*found, y.targets) if TASK.loss == "model" else found
+
+
+def task_loss(out: Any, y: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """The task's loss on the selected output plus, where the model returns more outputs (in
     train mode), each other output's loss at its `task.aux_outputs` weight; the loss, and the
-    logits (channels first) accuracy is measured on."""
+    logits (channels first) accuracy is measured on. With `loss: model`, the sum of the loss
+    dict the model returned (no logits)."""
+    if TASK.loss == "model":
+        losses = list(out.values())
+        return sum(losses[1:], losses[0]), losses[0].new_empty(0)
     logits = TASK.channels_first(select_output(out))
     loss = TASK(logits, y)
     if not isinstance(out, torch.Tensor):
@@ -136,7 +149,7 @@ class Local(nn.Module):
             whole = out
             if self._around is not None:  # the model around its root, on the batch's inputs
                 assert inputs is not None, "the last block of a root needs the model's inputs"
-                whole = self._around.output(as_tuple(inputs), out)
+                whole = self._around.output(model_args(inputs, y), out)
             loss, logits = task_loss(whole, y)
             return out, loss, logits
         loss, logits = self.auxiliary(out, y, image, history)
@@ -235,11 +248,15 @@ def block_step(s: Step, k: int, f: Flight) -> None:
 
 
 def local_step(
-    s: Step, inputs: Inputs, y: torch.Tensor, step: int | None = None
+    s: Step, inputs: Inputs, y: Any, step: int | None = None
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Every block on one batch, in order (the sequential schedule); each block's loss and
     accuracy. `step` sets the learning rate by the schedule (None: as the optimizers have it)."""
-    x, others = s.parts.split_inputs(inputs)
+    others: dict[str, torch.Tensor] = {}
+    if s.parts.around is not None:  # block 0 trains on what the model gives its root
+        x = s.parts.around.root_input(model_args(inputs, y))
+    else:
+        x, others = s.parts.split_inputs(inputs)
     around = inputs if s.parts.around is not None else None
     f = Flight(step, x, y, s.dataset.unnormalise(x), [x], others, around)
     for k in range(len(s.parts.blocks)):
@@ -259,7 +276,7 @@ def e2e_step(
         if s.checkpointed:
             out = checkpointed(s.parts.blocks, *s.parts.split_inputs(inputs))
         else:
-            out = s.parts.model(*as_tuple(inputs))
+            out = s.parts.model(*model_args(inputs, y))
         loss, logits = task_loss(out, y)
     s.scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
     s.memory.saved.release()

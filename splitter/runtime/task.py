@@ -24,13 +24,13 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 
-Targets = Literal["class", "next_token", "per_token", "pixel"]
-TARGETS: tuple[Targets, ...] = ("class", "next_token", "per_token", "pixel")
+Targets = Literal["class", "next_token", "per_token", "pixel", "boxes"]
+TARGETS: tuple[Targets, ...] = ("class", "next_token", "per_token", "pixel", "boxes")
 LOSSES = ("cross_entropy", "mse", "bce")
 """The losses a package computes itself."""
 
@@ -55,15 +55,25 @@ class Task:
         """The model's own output as the losses take it: `(B, T, V)` tokens to `(B, V, T)`."""
         return out.movedim(-1, 1) if self.tokens and out.dim() == 3 else out
 
+    @property
+    def pixels(self) -> bool:
+        """Predictions per pixel: of `pixel` targets, or of `boxes` (the class of the box over
+        each pixel, which the blocks' heads learn)."""
+        return self.targets in ("pixel", "boxes")
+
     def fitted(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Predictions at the targets' size: a coarser map of pixel logits resized to them."""
-        if self.targets == "pixel" and tuple(logits.shape[2:]) != tuple(y.shape[1:]):
+        if self.pixels and tuple(logits.shape[2:]) != tuple(y.shape[1:]):
             return F.interpolate(logits, size=tuple(y.shape[1:]), mode="bilinear")
         return logits
 
-    def __call__(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The loss of channels-first `logits` against the targets `y`."""
+    def __call__(self, logits: torch.Tensor, y: Any) -> torch.Tensor:
+        """The loss of channels-first `logits` against the targets `y` (for `boxes`, against
+        the class of the box over each pixel, by cross entropy)."""
+        y = masks_of(y)
         logits = self.fitted(logits, y)
+        if self.loss == "model":
+            return F.cross_entropy(logits, y)
         if ".py:" in self.loss:  # the user's function, on predictions as the model gives them
             given = logits.movedim(1, -1) if self.tokens else logits
             loss: torch.Tensor = function(self.loss)(given, y)
@@ -75,12 +85,15 @@ class Task:
             return F.mse_loss(logits, hot)
         return F.binary_cross_entropy_with_logits(logits, hot)
 
-    def accuracy(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The share of targets the logits predict; NaN without logits (a SupCon head)."""
+    def accuracy(self, logits: torch.Tensor, y: Any) -> torch.Tensor:
+        """The share of targets the logits predict; NaN without logits (a SupCon head, a
+        detection model's loss dict)."""
+        y = masks_of(y)
         if logits.numel() == 0:
             return torch.tensor(float("nan"), device=y.device)
         with torch.no_grad():
-            return (self.fitted(logits.detach(), y).argmax(dim=1) == y).float().mean()
+            right: torch.Tensor = self.fitted(logits.detach(), y).argmax(dim=1) == y
+            return right.float().mean()
 
     def score(self, classes: int) -> Score:
         return Score(self, classes)
@@ -92,6 +105,12 @@ def function(loss: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     file, _, name = loss.rpartition(":")
     found: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     found = getattr(importlib.import_module(file.removesuffix(".py").split("/")[-1]), name)
+    return found
+
+
+def masks_of(y: Any) -> torch.Tensor:
+    """The targets as a tensor: a batch of boxes (taskdata.Boxes) as its per-pixel classes."""
+    found: torch.Tensor = y if isinstance(y, torch.Tensor) else y.masks
     return found
 
 
@@ -107,8 +126,13 @@ class Score:
         size = 3 if task.tokens else 2 + 2 * classes if task.targets == "pixel" else 2
         self.totals = torch.zeros(size, dtype=torch.float64)
 
-    def add(self, out: torch.Tensor, y: torch.Tensor) -> None:
-        """One batch: the model's selected output and the targets."""
+    def add(self, out: Any, y: Any) -> None:
+        """One batch: the model's selected output (with `loss: model`, its loss dict) and the
+        targets."""
+        if self.task.loss == "model":  # the loss, weighted by the batch's samples
+            loss = sum(v.detach().double().cpu() for v in out.values())
+            self.totals += torch.stack([loss * len(y), torch.tensor(float(len(y)))])
+            return
         logits = self.task.fitted(self.task.channels_first(out.detach()), y.to(out.device))
         y = y.to(out.device)
         guess = logits.argmax(dim=1)
@@ -123,9 +147,12 @@ class Score:
 
     def summary(self) -> dict[str, float]:
         """`test_accuracy` (of samples, tokens or pixels), with `test_loss` and
-        `test_perplexity` for tokens and `test_pixel_accuracy` and `test_miou` for pixels."""
+        `test_perplexity` for tokens and `test_pixel_accuracy` and `test_miou` for pixels;
+        `test_loss` alone with `loss: model` (the model's own loss dict, summed)."""
         t = self.totals
         seen = max(float(t[1]), 1.0)
+        if self.task.loss == "model":
+            return {"test_loss": float(t[0]) / seen}
         found = {"test_accuracy": float(t[0]) / seen}
         if self.task.tokens:
             loss = float(t[2]) / seen
@@ -151,4 +178,6 @@ def headline(scores: dict[str, float]) -> str:
             f"test mean IoU {scores['test_miou']:.4f} "
             f"(pixel accuracy {scores['test_pixel_accuracy']:.4f})"
         )
+    if "test_accuracy" not in scores:
+        return f"test loss {scores['test_loss']:.4f}"
     return f"test accuracy {scores['test_accuracy']:.4f}"

@@ -10,7 +10,8 @@ before, not only the token itself.
 `text_tokens`: a local UTF-8 file as byte tokens (0..255), cut into windows of T + 1 bytes; the
 last tenth of the file is the test set.
 
-`masks`: images with 1 to 3 rectangles, each of a class 1..C-1, every pixel in its class's
+`masks` (and `boxes`, the same scenes with their rectangles as detection targets): images with
+1 to 3 rectangles, each of a class 1..C-1, every pixel in its class's
 colour (a fixed random direction over the channels; the background is class 0) plus noise; the
 target is each pixel's class."""
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -37,15 +39,16 @@ class Made:
     """Samples made on demand, each from its own seed: a large map costs one batch."""
 
     count: int
-    make: Callable[[int], Batch]
+    make: Callable[[int], tuple[torch.Tensor, Any]]
+    collate: Callable[[Sequence[Any]], Any] = lambda ys: torch.stack(list(ys))
 
     def __len__(self) -> int:
         return self.count
 
-    def batches(self, order: list[list[int]], seed: int) -> Iterator[Batch]:
+    def batches(self, order: list[list[int]], seed: int) -> Iterator[tuple[torch.Tensor, Any]]:
         for batch in order:
             xs, ys = zip(*(self.make(i) for i in batch), strict=True)
-            yield torch.stack(xs), torch.stack(ys)
+            yield torch.stack(xs), self.collate(ys)
 
 
 @dataclass
@@ -127,6 +130,57 @@ def text_tokens(path: str, length: int, vocab: int) -> tuple[Held, Held]:
 def masks(shape: tuple[int, ...], classes: int, count: int, seed: int) -> Made:
     """`count` images of `shape` (C, H, W) with rectangles of classes 1..classes-1 and their
     per-pixel targets (H, W)."""
+    draw = _scenes(shape, classes)
+
+    def make(index: int) -> Batch:
+        image, target, _ = draw(seed + index)
+        return image, target
+
+    return Made(count, make)
+
+
+def boxes(shape: tuple[int, ...], classes: int, count: int, seed: int) -> Made:
+    """`masks`' images with their rectangles as detection targets: `Boxes` batches."""
+    draw = _scenes(shape, classes)
+
+    def make(index: int) -> tuple[torch.Tensor, Any]:
+        image, target, found = draw(seed + index)
+        return image, (target, found)
+
+    return Made(count, make, Boxes.collate)
+
+
+class Boxes:
+    """A batch of detection targets: per image `{"boxes": (n, 4) x1 y1 x2 y2, "labels": (n,)}`
+    as torchvision's detection models take them, and `masks` (B, H, W), the class of the box
+    over each pixel (the last drawn on top; 0 for none), which the blocks' heads learn."""
+
+    def __init__(self, masks: torch.Tensor, targets: list[dict[str, torch.Tensor]]) -> None:
+        self.masks, self.targets = masks, targets
+
+    @staticmethod
+    def collate(ys: Sequence[Any]) -> Boxes:
+        masks = torch.stack([m for m, _ in ys])
+        targets = [{"boxes": b[:, 1:].float(), "labels": b[:, 0].long()} for _, b in ys]
+        return Boxes(masks, targets)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Boxes:
+        moved = [{k: v.to(device, non_blocking=non_blocking) for k, v in t.items()}
+                 for t in self.targets]  # fmt: skip
+        return Boxes(self.masks.to(device, non_blocking=non_blocking), moved)
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [self.masks, *(v for t in self.targets for v in t.values())]
+
+
+def _scenes(
+    shape: tuple[int, ...], classes: int
+) -> Callable[[int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Draw the scene of a seed: the image, each pixel's class, and the rectangles as rows
+    `(class, x1, y1, x2, y2)`."""
     if len(shape) != 3 or classes < 2:
         raise TaskDataError(
             f"per-pixel targets need images (C, H, W) and at least 2 classes; the model takes "
@@ -136,19 +190,21 @@ def masks(shape: tuple[int, ...], classes: int, count: int, seed: int) -> Made:
     colours = torch.randn(classes, c, generator=torch.Generator().manual_seed(CHAIN_SEED))
     colours = 1.5 * colours / colours.norm(dim=1, keepdim=True).clamp_min(1e-6)
 
-    def make(index: int) -> Batch:
-        g = torch.Generator().manual_seed(seed + index)
+    def draw(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed(seed)
         image = 0.5 * torch.randn(c, h, w, generator=g)
         target = torch.zeros(h, w, dtype=torch.int64)
+        found = []
         for _ in range(int(torch.randint(1, 4, (), generator=g))):
             k = int(torch.randint(1, classes, (), generator=g))
             top, left = (int(torch.randint(0, n - n // 4, (), generator=g)) for n in (h, w))
             tall, wide = (int(torch.randint(n // 4, n // 2 + 1, (), generator=g)) for n in (h, w))
             target[top : top + tall, left : left + wide] = k
+            found.append([k, left, top, min(left + wide, w), min(top + tall, h)])
         image += colours[target].movedim(-1, 0)
-        return image, target
+        return image, target, torch.tensor(found, dtype=torch.int64)
 
-    return Made(count, make)
+    return draw
 
 
 SIZES = ((0, 1024), (1, 256))
@@ -191,5 +247,6 @@ def task_sets(
         labels = classes if targets == "per_token" else None
         train, test = (markov_tokens(classes, shape[0], n, 2 * seed + i, labels) for i, n in SIZES)
         return train, test
-    made = (masks(shape, classes, n, (2 * seed + i) * 1_000_003) for i, n in SIZES)
+    scenes = boxes if targets == "boxes" else masks
+    made = (scenes(shape, classes, n, (2 * seed + i) * 1_000_003) for i, n in SIZES)
     return next(made), next(made)
