@@ -7,6 +7,7 @@ import importlib.util
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ import torchvision
 from schemas import parse_spec
 from schemas.errors import SpecError
 from splitter.analysis.model import Analysis, analyze
-from splitter.api import compile_package, partition
+from splitter.api import compile_package, partition, verify
 from splitter.frontend.modelref import ModelOptions
 from splitter.package import load_package
 from splitter.partitioning.plan import Plan, plan_for
@@ -244,34 +245,44 @@ def test_maps_that_pass_through_tokens_stay_maps_davit_tiny(tmp_path: Path) -> N
             assert infer_layout(gm, nodes[cut.index], cut.shape) == expected, cut.name
 
 
+def trained_through_root(
+    tmp_path: Path, ref: str, root: str, blocks: int, extra: str = ""
+) -> tuple[dict[str, Any], set[str], dict[str, torch.Tensor]]:
+    """`model.root: root` of `ref` at 3x96x96 (detection: 128x128) with `conv` heads:
+    partitioned into `blocks`, verified, compiled and trained 2 steps. The metrics, the
+    modules (two levels of names) whose weights moved, and the exported state_dict."""
+    size = 128 if "rcnn" in ref else 96
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"version: 1\nmodel: {{ref: '{ref}', root: {root}, input_shape: [3, {size}, {size}]}}\n"
+        f"{extra}partition: {{auto: {{blocks: {blocks}}}}}\naux: {{default: {{kind: conv}}}}\n"
+        "training: {data: {name: synthetic}, batch_size: 2}\n"
+    )
+    found = partition(spec=str(spec), blocks=blocks)
+    assert len(found.blocks) == blocks and found.analysis.root == root
+    _, checked = verify(None, str(spec), ModelOptions())
+    assert checked.ok, checked
+    compile_package(None, str(spec), ModelOptions(), out=str(tmp_path / "pkg"))
+    with load_package(tmp_path / "pkg") as train:
+        train.train(["--steps", "0", "--export", str(tmp_path / "before.pt")])
+        args = ["--steps", "2", "--eval-batches", "1", "--export", str(tmp_path / "after.pt")]
+        metrics = train.train([*args, "--out", str(tmp_path / "run")])
+    assert len(metrics["block_losses"]) == blocks
+    before, after = torch.load(tmp_path / "before.pt"), torch.load(tmp_path / "after.pt")
+    moved = {".".join(k.split(".")[:2]) for k in before if not torch.equal(before[k], after[k])}
+    return metrics, moved, after
+
+
 def test_segmentation_trains_through_its_root_deeplabv3_mobilenet_v3_large(
     tmp_path: Path,
 ) -> None:
     """MAN++'s segmentation setting: the backbone split into local blocks with per-pixel
     heads, the ASPP head after it trained on the task loss, the whole model exported."""
     ref = "torchvision:deeplabv3_mobilenet_v3_large"
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(
-        f"version: 1\nmodel: {{ref: '{ref}', root: backbone, input_shape: [3, 96, 96]}}\n"
-        "partition: {auto: {blocks: 4}}\naux: {default: {kind: conv}}\n"
-        "training: {data: {name: synthetic}, batch_size: 4}\n"
-    )
-    found = partition(spec=str(spec), blocks=4)
-    assert len(found.blocks) == 4 and found.analysis.root == "backbone"
-    from splitter.api import verify
-
-    plan, checked = verify(None, str(spec), ModelOptions())
-    assert checked.ok, checked
-    compile_package(None, str(spec), ModelOptions(), out=str(tmp_path / "pkg"))
+    metrics, moved, after = trained_through_root(tmp_path, ref, "backbone", 4)
     assert "targets: pixel" in (tmp_path / "pkg" / "spec.lock.yaml").read_text()
-    with load_package(tmp_path / "pkg") as train:
-        train.train(["--steps", "0", "--export", str(tmp_path / "before.pt")])
-        args = ["--steps", "2", "--eval-batches", "1", "--export", str(tmp_path / "after.pt")]
-        metrics = train.train([*args, "--out", str(tmp_path / "run")])
-    assert "test_miou" in metrics and len(metrics["block_losses"]) == 4
-    before, after = torch.load(tmp_path / "before.pt"), torch.load(tmp_path / "after.pt")
-    moved = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
-    assert moved >= {"backbone", "classifier"}
+    assert "test_miou" in metrics
+    assert {m.split(".")[0] for m in moved} >= {"backbone", "classifier"}
     segmentation = torchvision.models.segmentation
     model = segmentation.deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=None)
     model.load_state_dict(after, strict=True)
@@ -282,28 +293,11 @@ def test_a_detection_backbone_trains_on_the_models_losses_fasterrcnn(tmp_path: P
     learn the class of the box over each pixel; the FPN, RPN and ROI heads train on the loss
     dict the model returns for synthetic boxes; the whole model exported."""
     ref = "torchvision:fasterrcnn_mobilenet_v3_large_320_fpn"
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(
-        f"version: 1\nmodel: {{ref: '{ref}', root: backbone.body, input_shape: [3, 128, 128]}}\n"
-        "task: {loss: model}\npartition: {auto: {blocks: 3}}\naux: {default: {kind: conv}}\n"
-        "training: {data: {name: synthetic}, batch_size: 2}\n"
-    )
-    found = partition(spec=str(spec), blocks=3)
-    assert len(found.blocks) == 3 and found.analysis.root == "backbone.body"
-    from splitter.api import verify
-
-    _, checked = verify(None, str(spec), ModelOptions())
-    assert checked.ok, checked
-    compile_package(None, str(spec), ModelOptions(), out=str(tmp_path / "pkg"))
+    task = "task: {loss: model}\n"
+    metrics, moved, after = trained_through_root(tmp_path, ref, "backbone.body", 3, task)
     lock = (tmp_path / "pkg" / "spec.lock.yaml").read_text()
     assert "targets: boxes" in lock and "loss: model" in lock and "num_classes: 91" in lock
-    with load_package(tmp_path / "pkg") as train:
-        train.train(["--steps", "0", "--export", str(tmp_path / "before.pt")])
-        args = ["--steps", "2", "--eval-batches", "1", "--export", str(tmp_path / "after.pt")]
-        metrics = train.train([*args, "--out", str(tmp_path / "run")])
-    assert metrics["test_loss"] > 0 and len(metrics["block_losses"]) == 3
-    before, after = torch.load(tmp_path / "before.pt"), torch.load(tmp_path / "after.pt")
-    moved = {".".join(k.split(".")[:2]) for k in before if not torch.equal(before[k], after[k])}
+    assert metrics["test_loss"] > 0
     assert moved >= {"backbone.body", "backbone.fpn", "rpn.head", "roi_heads.box_predictor"}
     detection = torchvision.models.detection
     model = detection.fasterrcnn_mobilenet_v3_large_320_fpn(weights=None, weights_backbone=None)
