@@ -117,3 +117,20 @@ def test_e2e_trains_the_whole_model(tmp_path: Path) -> None:
     with load_package(package(tmp_path)) as train:
         metrics = train.train(["--mode", "e2e", "--steps", "2", "--out", str(tmp_path / "e")])
     assert metrics["mode"] == "e2e" and "test_pixel_accuracy" in metrics
+
+
+def test_a_models_own_loss_needs_a_detection_model_and_its_root(tmp_path: Path) -> None:
+    from splitter.errors import SplitterError
+    from tests.conftest import EXAMPLES
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"version: 1\nmodel: {{ref: {EXAMPLES / 'tiny_unet' / 'model.py'}, "
+        "input_shape: [3, 16, 16]}\ntask: {loss: model}\npartition: {cuts: [pre]}\n"
+    )
+    with pytest.raises(SplitterError) as error:
+        compile_package(None, str(spec), ModelOptions(), out=str(tmp_path / "pkg"))
+    assert "a Linear named `cls_score`" in str(error.value) or "set `model.root`" in str(
+        error.value
+    )
+    assert not (tmp_path / "pkg").exists()

@@ -90,6 +90,11 @@ def check_emittable(plan: Plan) -> None:
     """Refuse, with the fix, what the package cannot train."""
     spec = plan.spec.spec
     problems = []
+    if spec.task.loss == "model" and not spec.model.root:
+        problems.append(
+            "`task.loss: model` trains a detection model on the loss dict it returns, with its "
+            "backbone split: set `model.root` (e.g. `backbone.body` for torchvision's)"
+        )
     if spec.model.root and len(plan.analysis.target_inputs) > 1:
         problems.append(
             f"`model.root: {spec.model.root}` is called with {len(plan.analysis.target_inputs)} "
