@@ -134,3 +134,34 @@ def test_a_models_own_loss_needs_a_detection_model_and_its_root(tmp_path: Path) 
         error.value
     )
     assert not (tmp_path / "pkg").exists()
+
+
+def test_a_global_optimizer_holds_what_runs_after_the_root(tmp_path: Path) -> None:
+    """Regression: with `optimizer_scope: global` the head after the root was left out."""
+    pkg = package(tmp_path)
+    lock = pkg / "spec.lock.yaml"
+    lock.write_text(lock.read_text().replace("optimizer_scope: block", "optimizer_scope: global"))
+    with load_package(pkg) as train:
+        parts = train.build(0)
+        [optimizer] = train.make_optimizers(parts, "local")
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert {id(p) for p in parts.model.head.parameters()} <= held
+    assert {id(p) for p in parts.model.backbone.parameters()} <= held
+
+
+def test_modules_with_parameters_before_the_root_are_named(tmp_path: Path) -> None:
+    from splitter import api
+
+    model = tmp_path / "stemmed.py"
+    model.write_text(MODEL.replace("2 * x - 1", "self.stem(x)").replace(
+        "self.head = nn.Conv2d(16, classes, 1)",
+        "self.head = nn.Conv2d(16, classes, 1)\n        self.stem = nn.Conv2d(3, 3, 1)",
+    ))  # fmt: skip
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"version: 1\nmodel: {{ref: {model}, root: backbone, input_shape: [3, 16, 16]}}\n"
+        "partition: {cuts: ['2']}\naux: {default: {kind: conv}}\n"
+    )
+    plan = api.plan(None, str(spec), ModelOptions())
+    assert plan.analysis.before_root == ("stem",)
+    assert any("`stem` run before `model.root: backbone`" in w for w in plan.analysis.model.warnings)

@@ -34,6 +34,9 @@ class Analysis:
     """The `root` submodule's inputs, as the model calls it (None: the model's)."""
     output_shape: tuple[int, ...] | None = None
     """With `root`: the shape of the whole model's (first) output, batch included."""
+    before_root: tuple[str, ...] = ()
+    """With `root`: the modules with parameters of their own that run before it (local
+    training gives them no gradient)."""
 
     @property
     def target(self) -> nn.Module:
@@ -62,10 +65,11 @@ def analyze(
     options = options or ModelOptions()
     model = load_model(ref, options)
     target, inputs = model.module, model.inputs
-    output = None
+    output: tuple[int, ...] | None = None
+    before: tuple[str, ...] = ()
     if root:
         target = _submodule(model.module, root)
-        inputs, output = _captured_inputs(model, target, root)
+        inputs, output, before = _captured_inputs(model, target, root)
     leaf_types, functions = _registries(ref)
     traced = trace(
         target,
@@ -84,7 +88,7 @@ def analyze(
         )
         raise AnnotationError(f"`{ref}` with input shape {shapes}: {e}") from e
     found = Analysis(model, traced, analyze_cuts(traced), total, root, inputs if root else None)
-    found.output_shape = output
+    found.output_shape, found.before_root = output, before
     return found
 
 
@@ -114,9 +118,10 @@ def _submodule(model: nn.Module, fqn: str) -> nn.Module:
 
 def _captured_inputs(
     model: LoadedModel, target: nn.Module, fqn: str
-) -> tuple[tuple[InputSpec, ...], tuple[int, ...] | None]:
+) -> tuple[tuple[InputSpec, ...], tuple[int, ...] | None, tuple[str, ...]]:
     """The tensors the model passes to `target` (its leading tensor arguments), captured on a
-    real eval-mode forward, and the shape of the model's first output tensor."""
+    real eval-mode forward, the shape of the model's first output tensor, and the modules with
+    parameters of their own that ran before it."""
     seen: list[tuple[torch.Tensor, ...]] = []
 
     def hook(_: nn.Module, args: tuple[Any, ...]) -> None:
@@ -125,6 +130,18 @@ def _captured_inputs(
             seen.append(tuple(a.detach().clone() for a in leading))
 
     handle = target.register_forward_pre_hook(hook)
+    names = {
+        id(m): n
+        for n, m in model.module.named_modules()
+        if any(p is not None for p in m._parameters.values())
+    }
+    before: list[str] = []
+
+    def called(module: nn.Module, _: object) -> None:
+        if not seen and id(module) in names and names[id(module)] not in before:
+            before.append(names[id(module)])
+
+    every = torch.nn.modules.module.register_module_forward_pre_hook(called)
     was_training = model.module.training
     try:
         with torch.no_grad():
@@ -138,6 +155,7 @@ def _captured_inputs(
         ) from error
     finally:
         handle.remove()
+        every.remove()
         model.module.train(was_training)
     if not seen or not seen[0]:
         raise SplitterError(
@@ -145,7 +163,7 @@ def _captured_inputs(
             "choose a submodule that takes tensors (see `splitter inspect`)"
         )
     found = tuple(InputSpec(tuple(t.shape[1:]), t.dtype, t) for t in seen[0])
-    return found, _first_shape(out)
+    return found, _first_shape(out), tuple(before)
 
 
 def _first_shape(out: object) -> tuple[int, ...] | None:

@@ -241,8 +241,8 @@ class Viewer:
             input_dtype=inputs[0]["dtype"] if len(inputs) == 1 else None,
             inputs=inputs if len(inputs) > 1 else None,
         )
-        others = other_outputs(self.analysis.traced.graph("train"), self.plan.spec.spec)
-        task = self.aux.task
+        others = [] if self.analysis.root else other_outputs(self.gm, self.plan.spec.spec)
+        task = self.aux.task  # with a root, its graph's outputs are not the model's
         spec["task"] = {
             "loss": task.loss,
             "targets": task.targets,

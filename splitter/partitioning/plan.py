@@ -52,6 +52,12 @@ def plan_for(analysis: Analysis, loaded: LoadedSpec) -> Plan:
                 f"output `{other.key}` is not trained (`task.aux_outputs: {{{other.key}: 0}}`): "
                 f"its parameters {shown}{more} get no gradient; give it a weight to train it"
             )
+    if analysis.before_root:
+        shown = ", ".join(f"`{n}`" for n in analysis.before_root[:4])
+        analysis.model.warnings.append(
+            f"{shown} run before `model.root: {analysis.root}` and have parameters: local "
+            "training gives them no gradient (`--mode e2e` does); choose a root that holds them"
+        )
     if loaded.spec.training.loss is not None:
         analysis.model.warnings.append(
             f"`training.loss: {loaded.spec.training.loss}` is deprecated and was taken as "

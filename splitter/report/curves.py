@@ -50,7 +50,11 @@ def read_run(folder: Path) -> Run:
         )
     summary = json.loads(summary_path.read_text(encoding="utf-8"))
     run = Run(folder.name, str(summary.get("mode", "local")))
-    run.tests = [(int(e["step"]), float(e["test_accuracy"])) for e in summary["evaluations"]]
+    run.tests = [
+        (int(e["step"]), float(e["test_accuracy"]))
+        for e in summary["evaluations"]
+        if e.get("test_accuracy") is not None  # a detection run reports its test loss alone
+    ]
     rows: dict[int, dict[str, Any]] = {}
     for path in histories:
         for line in path.read_text(encoding="utf-8").splitlines():

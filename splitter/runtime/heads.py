@@ -76,14 +76,16 @@ def dense_layout(shape: tuple[int, ...], layout: Layout) -> None:
     if layout == "nc":
         raise LayoutError(
             f"{list(shape)} is a feature vector; a prediction per token or pixel needs "
-            "a sequence or a map"
+            "a sequence or a map: cut before the pooling (`partition.cuts`), or set "
+            "`task.targets: class`"
         )
 
 
 class LinearHead(nn.Module):
     """Global average pooling (over every axis but the channels), with `norm` BatchNorm1d
     (AugLocal's head at depth 1), and one Linear layer. `dense`: no pooling, the Linear at
-    every token or pixel (logits channels first: `(B, classes, T)` or `(B, classes, h, w)`)."""
+    every token or pixel (logits channels first: `(B, classes, T)` or `(B, classes, h, w)`),
+    `norm` then a BatchNorm over the channels of that rank (1d, 2d or 3d)."""
 
     def __init__(
         self,
@@ -141,7 +143,10 @@ class ConvHead(nn.Module):
         width = width or 2 * c
         sizes = spatial(shape, layout)
         if causal and len(sizes) != 1:
-            raise LayoutError(f"{list(shape)} is not a sequence; causal heads take sequences")
+            raise LayoutError(
+                f"{list(shape)} is not a sequence; causal heads (`next_token` targets) take "
+                "sequences: set `task.targets: per_token` or `pixel`, or cut where tokens flow"
+            )
         keep = self.dense and len(sizes) == 1
         self.convs = nn.Sequential(*_conv_stack(c, width, depth, sizes, keep, causal))
         out = width if depth and layout != "nc" else c

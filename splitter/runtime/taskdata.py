@@ -184,7 +184,8 @@ def _scenes(
     if len(shape) != 3 or classes < 2:
         raise TaskDataError(
             f"per-pixel targets need images (C, H, W) and at least 2 classes; the model takes "
-            f"{list(shape)} and predicts {classes}"
+            f"{list(shape)} and predicts {classes}: set `model.input_shape: [C, H, W]`, or "
+            "`task.targets` to the kind the model serves"
         )
     c, h, w = shape
     colours = torch.randn(classes, c, generator=torch.Generator().manual_seed(CHAIN_SEED))
@@ -202,7 +203,8 @@ def _scenes(
             target[top : top + tall, left : left + wide] = k
             found.append([k, left, top, min(left + wide, w), min(top + tall, h)])
         image += colours[target].movedim(-1, 0)
-        return image, target, torch.tensor(found, dtype=torch.int64)
+        seen = [r for r in found if bool((target[r[2] : r[4], r[1] : r[3]] == r[0]).any())]
+        return image, target, torch.tensor(seen, dtype=torch.int64)  # no box wholly covered
 
     return draw
 
@@ -225,7 +227,10 @@ def task_sets(
     tokens = targets in ("next_token", "per_token")
     fix = "`--data synthetic`" + (" or `--data text:PATH`" if targets == "next_token" else "")
     if more_inputs:
-        raise TaskDataError(f"`{targets}` targets are made for models of one input; use {fix}")
+        raise TaskDataError(
+            f"`{targets}` targets are made for models of one input, but this one takes "
+            f"{1 + len(more_inputs)}; train it on your own batches (`train.local_step`)"
+        )
     if name.startswith("text:") and targets != "next_token":
         raise TaskDataError(
             f"`{name}` gives next-token targets, but the task's are `{targets}`; use "

@@ -121,12 +121,13 @@ def make_optimizers(parts: Parts, mode: str) -> list[torch.optim.Optimizer]:
     config = TRAINING["optimizer"]
     if mode == "e2e":
         return [optim.optimizer(config, optim.trainable(parts.model))]
-    if TRAINING["optimizer_scope"] == "global":
-        return [optim.optimizer(config, optim.trainable(parts.blocks, parts.auxiliaries))]
+    rest = [p for p in parts.around.rest if p.requires_grad] if parts.around else []
+    if TRAINING["optimizer_scope"] == "global":  # with a root, what runs after it too
+        everything = optim.trainable(parts.blocks, parts.auxiliaries) + rest
+        return [optim.optimizer(config, list({id(p): p for p in everything}.values()))]
     pairs = zip(parts.blocks, [*parts.auxiliaries, nn.Module()], strict=True)
     found = [optim.trainable(block, aux) for block, aux in pairs]
-    if parts.around is not None:  # the task loss trains what runs after the root, too
-        found[-1] += [p for p in parts.around.rest if p.requires_grad]
+    found[-1] += rest  # the task loss trains what runs after the root, too
     return [optim.optimizer(config, params) for params in found]
 
 
