@@ -207,10 +207,15 @@ def load_data(
     CIFAR, SVHN and STL-10 train on random crops of the image padded by 4 (`padding`: `zero`
     or `reflect`) and, with `flip`, horizontal flips (never for SVHN's digits). `more_inputs`:
     the shape and dtype of the model's other inputs, which only `synthetic` makes. `targets`
-    other than `class` (the task's): see `task_data`."""
+    other than `class` (the task's), and `text:PATH`: tokens or masks (`taskdata.task_sets`)."""
     shape = tuple(input_shape)
     if targets != "class" or name.startswith("text:"):
-        return task_data(name, shape, input_dtype, targets, num_classes or 10, seed, more_inputs)
+        classes = num_classes or 10
+        try:
+            sets = taskdata.task_sets(name, shape, input_dtype, targets, classes, seed, more_inputs)
+        except taskdata.TaskDataError as error:
+            raise DataError(str(error)) from None
+        return Data(name, classes, *_made_stats(shape, input_dtype), *sets)
     if name == "synthetic":
         classes = 10 if num_classes is None else num_classes
         return _synthetic(shape, input_dtype, classes, seed, tuple(more_inputs))
@@ -239,27 +244,6 @@ def load_data(
     return data
 
 
-def task_data(
-    name: str,
-    shape: tuple[int, ...],
-    dtype: torch.dtype,
-    targets: str,
-    classes: int,
-    seed: int,
-    more_inputs: Sequence[object] = (),
-) -> Data:
-    """Tokens or masks (taskdata.py): `synthetic` makes Markov-chain tokens for `next_token`
-    and `per_token` targets (over `classes` tokens) and rectangles for `pixel` targets;
-    `text:PATH` reads a file's bytes for `next_token`."""
-    try:
-        train, test = taskdata.task_sets(name, shape, dtype, targets, classes, seed, more_inputs)
-    except taskdata.TaskDataError as error:
-        raise DataError(str(error)) from None
-    c = shape[0] if len(shape) >= 2 else 1
-    mean, std = ((0.5,) * c, (0.25,) * c) if dtype.is_floating_point else ((0.0,), (1.0,))
-    return Data(name, classes, mean, std, train, test)
-
-
 # ---------------------------------------------------------------- in memory
 
 
@@ -280,9 +264,15 @@ def _synthetic(
     train, test = (
         Generated(y, shape, dtype, base + 2 * 1_000_003 * i, more) for i, y in enumerate(labels)
     )
+    return Data("synthetic", num_classes, *_made_stats(shape, dtype), train, test)
+
+
+def _made_stats(
+    shape: tuple[int, ...], dtype: torch.dtype
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The mean and std per channel of made-up inputs: 0.5 and 0.25 for floats, none for ids."""
     c = shape[0] if len(shape) >= 2 else 1
-    mean, std = ((0.5,) * c, (0.25,) * c) if dtype.is_floating_point else ((0.0,), (1.0,))
-    return Data("synthetic", num_classes, mean, std, train, test)
+    return ((0.5,) * c, (0.25,) * c) if dtype.is_floating_point else ((0.0,), (1.0,))
 
 
 def _digits(shape: tuple[int, ...], dtype: torch.dtype) -> Data:

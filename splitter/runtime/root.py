@@ -4,7 +4,8 @@ model (what runs before it, and the neck and heads after it) runs around them.
 Block 0 trains on what the model gives its root: `Around.root_input` runs the model up to the
 root's call (no gradient) and stops there. The last block's output is put where the root's
 would be and the model runs on (`Around.output`): the task loss trains the last block and the
-modules after the root, which the last block's optimizer holds. What runs before the root runs
+modules after the root, which the last block's optimizer (or the global one) holds. What runs
+before the root runs
 twice a step and gets no gradient (torchvision's segmentation and detection models have no
 parameters there). Exported weights are the whole model's."""
 
@@ -41,7 +42,8 @@ class Around:
         self.root = model.get_submodule(path)
         own = {id(p) for p in self.root.parameters()}
         self.rest = [p for p in model.parameters() if id(p) not in own]
-        """The parameters outside the root: the last block's optimizer trains them."""
+        """The parameters outside the root: the last block's (or the global) optimizer holds
+        them."""
 
     def root_input(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
         """What the model passes its root on these inputs (its first argument)."""

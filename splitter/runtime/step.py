@@ -252,13 +252,12 @@ def local_step(
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Every block on one batch, in order (the sequential schedule); each block's loss and
     accuracy. `step` sets the learning rate by the schedule (None: as the optimizers have it)."""
-    others: dict[str, torch.Tensor] = {}
-    if s.parts.around is not None:  # block 0 trains on what the model gives its root
-        x = s.parts.around.root_input(model_args(inputs, y))
-    else:
+    if s.parts.around is None:
         x, others = s.parts.split_inputs(inputs)
-    around = inputs if s.parts.around is not None else None
-    f = Flight(step, x, y, s.dataset.unnormalise(x), [x], others, around)
+        f = Flight(step, x, y, s.dataset.unnormalise(x), [x], others)
+    else:  # block 0 trains on what the model gives its root; the last block on the model's
+        x = s.parts.around.root_input(model_args(inputs, y))
+        f = Flight(step, x, y, s.dataset.unnormalise(x), [x], inputs=inputs)
     for k in range(len(s.parts.blocks)):
         block_step(s, k, f)
     if not s.per_block:

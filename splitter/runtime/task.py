@@ -30,9 +30,6 @@ import torch
 import torch.nn.functional as F
 
 Targets = Literal["class", "next_token", "per_token", "pixel", "boxes"]
-TARGETS: tuple[Targets, ...] = ("class", "next_token", "per_token", "pixel", "boxes")
-LOSSES = ("cross_entropy", "mse", "bce")
-"""The losses a package computes itself."""
 
 
 @dataclass(frozen=True)
