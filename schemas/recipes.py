@@ -40,3 +40,31 @@ RECIPES: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 """The training settings of each paper's CIFAR code (`training_configurations` of InfoPro's,
 MAN's, MAN++'s, AugLocal's and MLAAN's `train.py`; DGL's `cifar_dgl.py`)."""
+
+
+def describe(training: dict[str, Any]) -> str:
+    """A resolved `training` section (`TrainingSection.model_dump()`) in a sentence: the recipe's
+    name and the settings in force."""
+    o, sc, d = training["optimizer"], training["schedule"], training["data"]
+    if o["name"] == "sgd":
+        nesterov = ", Nesterov" if o["nesterov"] else ""
+        opt = f"SGD lr {o['lr']:g}, momentum {o['momentum']:g}{nesterov}"
+    else:
+        opt = f"AdamW lr {o['lr']:g}, betas {o['betas'][0]:g}/{o['betas'][1]:g}"
+    warm = ""
+    if sc["warmup_epochs"]:
+        start = f" from {sc['warmup_start_lr']:g}" if sc["warmup_start_lr"] else ""
+        warm = f"{sc['warmup_epochs']}-epoch linear warm-up{start}, then "
+    shape = {
+        "cosine": "cosine annealing",
+        "step": f"x{sc['gamma']:g} every {sc['step_size']} epochs",
+        "constant": "a constant rate",
+    }[sc["name"]]
+    per_block = training["optimizer_scope"] != "global"
+    scope = "one optimizer per block" if per_block else "one optimizer"
+    flip = " and flips" if d["flip"] else ""
+    return (
+        f"`{training['recipe']}` ({opt}, weight decay {o['weight_decay']:g}, batch "
+        f"{training['batch_size']}, {training['epochs']} epochs, {warm}{shape}, {scope}; "
+        f"{d['padding']}-padded crops{flip} for CIFAR, SVHN and STL-10)"
+    )

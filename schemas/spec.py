@@ -250,7 +250,7 @@ class OptimizerConfig(SpecModel):
 
 
 class ScheduleConfig(SpecModel):
-    """The learning-rate schedule, stepped once per epoch."""
+    """The learning-rate schedule, set at every step (`step` decays every `step_size` epochs)."""
 
     name: Literal["cosine", "step", "constant"] = "cosine"
     """`cosine` annealing to 0, `step` decay, or `constant`."""

@@ -50,6 +50,8 @@ def test_example_package_matches_golden(
     for name in RUNTIME_FILES:
         assert files.pop(name) == header + (RUNTIME / name).read_text(), name
     assert files.pop("model.py") == (spec.parent / "model.py").read_text()
+    unnamed = [name for name in RUNTIME_FILES if f"`{name}`" not in files["README.md"]]
+    assert not unnamed, f"the package README's file table leaves out {unnamed}"
     golden = GOLDEN / spec.parent.name
     if os.environ.get("SPLITTER_UPDATE_GOLDEN"):
         shutil.rmtree(golden, ignore_errors=True)

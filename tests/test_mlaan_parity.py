@@ -199,6 +199,14 @@ def test_the_task_loss_reaches_the_last_two_modules(package: Path) -> None:
     assert len(found) == 1 + 12 + 14
 
 
+def test_the_package_readme_says_how_mlaans_blocks_train(package: Path) -> None:
+    text = " ".join((package / "README.md").read_text().split())
+    assert "gradients cross block boundaries inside a window and nowhere else" in text
+    assert "Block 0 has no loss of its own: block 1's cascade trains it." in text
+    assert "The task loss trains the last 2 blocks together." in text
+    assert "no gradient crosses a block boundary" not in text
+
+
 def test_a_plan_with_mlaans_windows_verifies(package: Path, tmp_path: Path) -> None:
     from splitter import api
 

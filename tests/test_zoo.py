@@ -173,6 +173,7 @@ def test_timm_compiles_to_blocks_that_compute_the_model(name: str, tmp_path: Pat
         spec = tmp_path / "spec.yaml"
         spec.write_text("version: 1\npartition: {cuts: %s}\n" % json.dumps(cuts))
         compile_package(f"timm:{name}", str(spec), options, out=str(out))
+    assert "torchvision for its data sets, timm for the model," in (out / "README.md").read_text()
     with load_package(out) as train:
         assert_blocks_compute_the_model(train)
 
@@ -189,6 +190,7 @@ def test_torchvision_compiles_and_trains_a_step(name: str, tmp_path: Path) -> No
     out = tmp_path / "pkg"
     compiled = compile_package(f"torchvision:{name}", None, options, out=str(out), blocks=4)
     blocks = len(compiled.plan.cuts) + 1
+    assert "torchvision for its data sets and the model," in (out / "README.md").read_text()
     args = ["--data", "synthetic", "--steps", "1", "--batch-size", "2", "--eval-batches", "1"]
     args += ["--no-checkpoint"]  # vit_h_14's would be 9 GiB
     with load_package(out) as train:

@@ -14,7 +14,8 @@ from typing import Any
 import jinja2
 import yaml
 
-from schemas.spec import TrainingSection
+from schemas.auxiliary import first_trained_by_cascade, loss_windows
+from schemas.recipes import describe
 from splitter.analysis.outputs import other_outputs
 from splitter.analysis.task import PACKAGE_LOSSES, loss_file
 from splitter.codegen.auxiliaries import AUX_CLASSES, AuxiliaryViews, aux_config
@@ -302,44 +303,26 @@ class Viewer:
             for k, b in enumerate(blocks)
         ]
         spec = self.plan.spec.spec
-        copied = "a copy of the model file" if self.source.copied else "builds the model"
+        copied, windows = self.source.copied, loss_windows(self.aux.configs)
+        timm = self.analysis.model.ref.startswith("timm:")
+        needs = "" if copied else ", timm for the model" if timm else " and the model"
         return {
             "name": self.name,
             "header": self._provenance(top),
             "title": self.title(),
             "blocks": rows,
             "data": f"`{spec.training.data.name}`",
-            "recipe": recipe_text(spec.training),
+            "recipe": describe(spec.training.model_dump()),
             "task": self.aux.task.sentence(spec.model.root),
             "epochs": spec.training.epochs,
-            "torchvision_note": "" if self.source.copied else " and the model",
-            "model_note": copied + (" (with the modules it imports)" if self.source.copied else ""),
+            "torchvision_note": needs,
+            "model_note": "a copy of the model file (with the modules it imports)"
+            if copied
+            else "builds the model",
+            "cascade": max(windows) > 1,
+            "first_cascade": first_trained_by_cascade(self.aux.configs),
+            "task_window": windows[-1],
         }
-
-
-def recipe_text(training: TrainingSection) -> str:
-    """The training settings in force, in a sentence: the recipe's name and what it sets."""
-    o, sc, d = training.optimizer, training.schedule, training.data
-    if o.name == "sgd":
-        opt = f"SGD lr {o.lr:g}, momentum {o.momentum:g}{', Nesterov' if o.nesterov else ''}"
-    else:
-        opt = f"AdamW lr {o.lr:g}, betas {o.betas[0]:g}/{o.betas[1]:g}"
-    warm = ""
-    if sc.warmup_epochs:
-        start = f" from {sc.warmup_start_lr:g}" if sc.warmup_start_lr else ""
-        warm = f"{sc.warmup_epochs}-epoch linear warm-up{start}, then "
-    shape = {
-        "cosine": "cosine annealing",
-        "step": f"x{sc.gamma:g} every {sc.step_size} epochs",
-        "constant": "a constant rate",
-    }[sc.name]
-    scope = "one optimizer" if training.optimizer_scope == "global" else "one optimizer per block"
-    flip = " and flips" if d.flip else ""
-    return (
-        f"`{training.recipe}` ({opt}, weight decay {o.weight_decay:g}, batch "
-        f"{training.batch_size}, {training.epochs} epochs, {warm}{shape}, {scope}; "
-        f"{d.padding}-padded crops{flip} for CIFAR, SVHN and STL-10)"
-    )
 
 
 class _LockDumper(yaml.SafeDumper):
